@@ -1,0 +1,65 @@
+"""The ``gsn-dask`` command line. Each subcommand lives in its own module here and
+provides ``register(subparsers)``, which adds its parser and sets ``func``."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from .. import __version__
+
+#: subcommand modules, in the order shown by --help
+SUBCOMMANDS = ("ingest", "grid", "train", "fit", "validate", "demo", "export_parquet")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gsn-dask",
+        description=(
+            "Stellar labels (Teff, log g, [Fe/H], [alpha/Fe]) with full posteriors for "
+            "low-resolution survey spectra, using a Generative Spectrum Network emulator "
+            "and MCMC, run on Dask (or Spark via `python -m spark_compat`)."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run `gsn-dask <command> --help` for the options of each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"gsn-dask {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    for name in SUBCOMMANDS:
+        try:
+            mod = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{__name__}.{name}":
+                continue  # subcommand not built yet
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+        if args.verbose >= 2:
+            raise
+        print(f"gsn-dask {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    return int(rc or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
