@@ -273,7 +273,9 @@ def write_spectra(
         return path
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists (use overwrite=True / --overwrite, or append)")
-    chunk = min(chunk_size, max(ds.sizes["star"], 1))
+    # the zarr chunk is chunk_size even when the first write has fewer stars, so that later
+    # appends keep full-size chunks (zarr allows a chunk longer than the array)
+    chunk = max(int(chunk_size), 1)
     out = ds.chunk({"star": chunk, "wavelength": -1})
     for v in out.variables.values():
         v.encoding = {}
