@@ -1,0 +1,111 @@
+"""``gsn-dask train``: train the GSN emulator on a training cube and write a model directory."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..emulator import ACTIVATIONS, TRAIN_DEFAULTS as D
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train the GSN emulator on a training cube -> model dir",
+        description=(
+            "Train the Generative Spectrum Network (labels -> normalised spectrum) on a training cube "
+            "(zarr, from `gsn-dask grid`) with K-fold cross-validation; writes MODEL_DIR/weights.safetensors, "
+            "model.json (with the per-pixel emulator error) and diagnostics.png."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("train_cube", metavar="TRAIN_CUBE", help="training spectra cube (zarr)")
+    p.add_argument("--out", required=True, metavar="MODEL_DIR", help="model directory to write")
+    p.add_argument("--labels", nargs="+", default=None, help="labels to emulate (default: all labels in the cube)")
+    p.add_argument("--hidden", type=int, default=D["hidden"], help="width of each hidden layer")
+    p.add_argument("--layers", type=int, default=D["n_hidden_layers"], help="number of hidden layers")
+    p.add_argument("--activation", default=D["activation"], choices=sorted(ACTIVATIONS))
+    p.add_argument("--linear-teff", action="store_true", help="scale teff linearly (default: log10 teff)")
+    p.add_argument("--epochs", type=int, default=D["epochs"], help="maximum epochs per fold")
+    p.add_argument("--batch-size", type=int, default=D["batch_size"])
+    p.add_argument("--lr", type=float, default=D["lr"], help="peak learning rate (AdamW, cosine decay)")
+    p.add_argument("--weight-decay", type=float, default=D["weight_decay"])
+    p.add_argument("--dropout", type=float, default=D["dropout"])
+    p.add_argument("--patience", type=int, default=D["patience"], help="early-stopping patience (epochs)")
+    p.add_argument("--folds", type=int, default=D["folds"], help="K-fold CV (<= 1: one held-out split)")
+    p.add_argument("--weight-floor", type=float, default=D["weight_floor"],
+                   help="noise floor added to 1/ivar in the pixel weights (normalised flux)")
+    p.add_argument("--seed", type=int, default=D["seed"])
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--wave-range", nargs=2, type=float, default=None, metavar=("MIN", "MAX"),
+                   help="restrict the model grid to this vacuum range [A]")
+    p.add_argument("--label-range", nargs=3, action="append", default=None, metavar=("NAME", "LO", "HI"),
+                   help="train only on stars with LO <= label NAME <= HI (repeatable)")
+    p.add_argument("--mask-telluric", action="store_true", help="give telluric pixels zero weight in training")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model in MODEL_DIR")
+    p.add_argument("--no-figure", action="store_true", help="skip diagnostics.png")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..cube import open_spectra
+    from ..emulator_torch import diagnostics_figure, train_gsn
+
+    out = Path(args.out)
+    if (out / "model.json").exists() and not args.overwrite:
+        raise FileExistsError(f"{out} already holds a model (use --overwrite)")
+    ds = open_spectra(args.train_cube)
+    label_ranges = None
+    if args.label_range:
+        label_ranges = {name: (float(lo), float(hi)) for name, lo, hi in args.label_range}
+    model, rep = train_gsn(
+        ds,
+        labels=args.labels,
+        hidden=args.hidden,
+        n_hidden_layers=args.layers,
+        activation=args.activation,
+        label_transforms={"teff": "identity"} if args.linear_teff else None,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        dropout=args.dropout,
+        patience=args.patience,
+        folds=args.folds,
+        weight_floor=args.weight_floor,
+        seed=args.seed,
+        device=args.device,
+        threads=args.threads,
+        wavelength_range=tuple(args.wave_range) if args.wave_range else None,
+        label_ranges=label_ranges,
+        mask_telluric=args.mask_telluric,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    model.meta["training"]["cube_path"] = str(Path(args.train_cube).resolve())
+    model.meta["training"]["command"] = " ".join(["gsn-dask", "train", *sys.argv[2:]]) if sys.argv else None
+    model.save(out)
+    fig = None
+    if not args.no_figure:
+        fig = diagnostics_figure(rep, out / "diagnostics.png")
+    summary = {
+        "model_dir": str(out),
+        "model_id": model.model_id,
+        "labels": model.label_names,
+        "n_star": rep["n_star"],
+        "n_pix": rep["n_pix"],
+        "grid": f"{model.wavelength[0]:.1f}-{model.wavelength[-1]:.1f} A",
+        "cv": "k-fold" if args.folds >= 2 else "holdout",
+        "cv_resid_per_pixel_median": round(rep["cv_resid_per_pixel_median"], 5),
+        "cv_scatter_per_pixel_median": round(rep["cv_scatter_per_pixel_median"], 5),
+        "noise_per_pixel_median": round(rep["noise_per_pixel_median"], 5),
+        "emulator_error_median": round(rep["emulator_error_median"], 5),
+        "final_epochs": rep["final_epochs"],
+        "train_time_s": round(rep["train_time_s"], 1),
+        "diagnostics": str(fig) if fig else None,
+    }
+    width = max(len(k) for k in summary)
+    for k, v in summary.items():
+        print(f"{k:<{width}}  {v}")
+    return 0

@@ -1,0 +1,173 @@
+"""Torch GSN: training on analytic spectra, numpy/torch agreement, CLI end to end."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from gsn_dask.cube import log_lambda_grid, write_spectra  # noqa: E402
+from gsn_dask.emulator import load_model  # noqa: E402
+from gsn_dask.emulator_torch import (  # noqa: E402
+    analytic_cube,
+    net_from_gsn,
+    pixel_weights,
+    predict_torch,
+    robust_emulator_error,
+    stratified_folds,
+    train_gsn,
+)
+
+WAVE = log_lambda_grid(4000, 4500)  # ~500 px
+
+
+@pytest.fixture(scope="module")
+def trained():
+    ds = analytic_cube(300, wavelength=WAVE, seed=0)
+    model, rep = train_gsn(
+        ds, hidden=48, epochs=150, folds=1, lr=3e-3, batch_size=32, weight_floor=0.0,
+        patience=60, seed=3, threads=1, progress=False,
+    )
+    return ds, model, rep
+
+
+def labels_of(ds, names):
+    return np.stack([ds[f"label_{n}"].values for n in names], axis=1).astype(np.float64)
+
+
+def test_training_reaches_small_heldout_residual(trained):
+    _, model, rep = trained
+    test = analytic_cube(200, wavelength=WAVE, seed=7)
+    lab = labels_of(test, model.label_names)
+    resid = model.predict(lab) - test["flux"].values
+    med = float(np.median(np.abs(resid)))
+    assert med < 0.004, med  # the network really learned (flux depth up to ~0.8)
+    const = float(np.median(np.abs(test["flux"].values - test["flux"].values.mean(0))))
+    assert med < 0.1 * const
+    assert model.label_names == ["teff", "logg", "feh"]
+    assert rep["n_star"] == 300 and rep["cv_median_abs_resid"] < 0.005
+    assert model.emulator_error.shape == (WAVE.size,)
+    assert np.all(model.emulator_error >= 0) and np.median(model.emulator_error) < 0.01
+
+
+def test_numpy_torch_agree(trained):
+    ds, model, _ = trained
+    lab = labels_of(ds, model.label_names)
+    p_np = model.predict(lab)
+    p_t = predict_torch(model, lab, batch_size=97)
+    np.testing.assert_allclose(p_np, p_t, rtol=0, atol=2e-5)
+    net = net_from_gsn(model)
+    with torch.no_grad():
+        h_t = net.hidden_forward(torch.from_numpy(model.scale(lab))).numpy()
+    np.testing.assert_allclose(model.hidden(lab), h_t, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("act", ["tanh", "leaky_relu"])
+def test_numpy_torch_agree_other_activations(act):
+    ds = analytic_cube(40, wavelength=WAVE, seed=1)
+    model, _ = train_gsn(ds, hidden=8, activation=act, epochs=3, folds=1, progress=False, threads=1)
+    lab = labels_of(ds, model.label_names)
+    np.testing.assert_allclose(model.predict(lab), predict_torch(model, lab), atol=2e-5)
+
+
+def test_save_load_round_trip_bitwise(trained, tmp_path):
+    ds, model, rep = trained
+    lab = labels_of(ds, model.label_names)
+    before = model.predict(lab)
+    model.save(tmp_path / "m")
+    m2 = load_model(tmp_path / "m", labels=["teff", "logg", "feh"])
+    np.testing.assert_array_equal(m2.predict(lab), before)
+    np.testing.assert_array_equal(m2.emulator_error, model.emulator_error)
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert meta["training"]["n_star"] == 300
+    assert meta["training"]["cube_source"] == "analytic"
+    assert meta["normalisation"]["method"] == "none"
+    assert meta["cv"]["kind"] == "holdout"
+    assert meta["label_scaling"]["range"] == [-0.5, 0.5]
+    assert meta["label_scaling"]["transforms"] == ["log10", "identity", "identity"]
+    assert len(meta["wavelength"]["values"]) == WAVE.size
+
+
+def test_reproducible_with_seed():
+    ds = analytic_cube(60, wavelength=WAVE, seed=2)
+    kw = dict(hidden=8, epochs=5, folds=2, seed=11, progress=False, threads=1)
+    m1, _ = train_gsn(ds, **kw)
+    m2, _ = train_gsn(ds, **kw)
+    assert m1.model_id == m2.model_id
+    np.testing.assert_array_equal(m1.W_out, m2.W_out)
+    m3, _ = train_gsn(ds, **{**kw, "seed": 12})
+    assert m3.model_id != m1.model_id
+
+
+def test_kfold_and_ivar_zero_pixels():
+    ds = analytic_cube(80, wavelength=WAVE, snr=50, seed=4)
+    ivar = ds["ivar"].values.copy()
+    ivar[:, :30] = 0  # no star covers the first 30 px -> trimmed from the model grid
+    ivar[::2, 100:120] = 0
+    flux = ds["flux"].values.copy()
+    flux[::2, 100:120] = np.nan  # bad values with ivar 0 must not poison training
+    ds["ivar"].values[:] = ivar
+    ds["flux"].values[:] = flux
+    model, rep = train_gsn(ds, hidden=16, epochs=20, folds=3, seed=0, progress=False, threads=1)
+    assert model.n_pix == WAVE.size - 30
+    assert model.pixel_slice(WAVE) == slice(30, WAVE.size)
+    assert len(rep["folds"]) == 3 and np.all(rep["val_mask"])
+    assert np.all(np.isfinite(model.predict(labels_of(ds, model.label_names))))
+    assert model.meta["cv"]["kind"] == "kfold"
+
+
+def test_pixel_weights():
+    ivar = np.array([[0.0, 1e4, 1e6, np.inf]], np.float32)
+    w = pixel_weights(ivar, 0.01)
+    assert w[0, 0] == 0
+    assert w[0, 1] < w[0, 2] < w[0, 3] + 1e-6
+    assert abs(w[0, 1:].mean() - 1) < 1e-5
+
+
+def test_stratified_folds():
+    v = np.random.default_rng(0).uniform(size=103)
+    f = stratified_folds(v, 5, 0)
+    counts = np.bincount(f, minlength=5)
+    assert counts.min() >= 20 and counts.max() <= 21
+    # each fold spans the full range of v
+    for k in range(5):
+        assert v[f == k].min() < 0.1 and v[f == k].max() > 0.9
+
+
+def test_robust_emulator_error_recovers_injected_scatter():
+    rng = np.random.default_rng(0)
+    n, p = 2000, 4
+    sig = rng.uniform(0.005, 0.02, size=(n, p))  # heteroscedastic noise
+    s_true = np.array([0.0, 0.003, 0.01, 0.03])
+    r = rng.normal(size=(n, p)) * np.sqrt(sig**2 + s_true**2)
+    r[:20] = 1.0  # outlier stars
+    ivar = 1 / sig**2
+    s = robust_emulator_error(r, ivar)
+    np.testing.assert_allclose(s[1:], s_true[1:], rtol=0.15)
+    assert s[0] < 0.3 * np.median(sig)  # below the detection floor of 2000 noisy residuals
+
+
+def test_cli_help_and_end_to_end(tmp_path, capsys):
+    from gsn_dask.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--help"])
+    assert exc.value.code == 0
+    assert "--activation" in capsys.readouterr().out
+    cube = tmp_path / "train.zarr"
+    write_spectra(analytic_cube(60, wavelength=WAVE, snr=80, seed=5), cube)
+    out = tmp_path / "model"
+    rc = main(["train", str(cube), "--out", str(out), "--hidden", "8", "--epochs", "4", "--folds", "2",
+               "--threads", "1", "--labels", "teff", "logg", "feh"])
+    assert rc == 0
+    txt = capsys.readouterr().out
+    assert "n_star" in txt and "cv_resid_per_pixel_median" in txt and "train_time_s" in txt
+    assert (out / "diagnostics.png").stat().st_size > 1000
+    m = load_model(out)
+    assert m.label_names == ["teff", "logg", "feh"] and m.hidden_widths == [8, 8, 8]
+    assert m.meta["training"]["cube_path"] == str(cube.resolve())
+    # refuses to overwrite, then does with --overwrite; wrong labels are an error
+    assert main(["train", str(cube), "--out", str(out), "--epochs", "1"]) == 1
+    assert main(["train", str(cube), "--out", str(out), "--labels", "teff", "vsini", "--epochs", "1"]) == 1
