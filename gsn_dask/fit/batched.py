@@ -509,6 +509,7 @@ class BatchedPosterior:
         self.dof = torch.as_tensor(st.dof[rows], dtype=f64, device=dev)
         # emulator rows per evaluation tile (fixed shapes, see _tiled); CPU: small enough for cache
         self.row_tile = ROW_TILE_CPU if dev.type == "cpu" else ROW_TILE_CUDA
+        self.pad_tiles = dev.type != "cpu"
 
     _PER_STAR = ("w", "f", "wf", "wff", "prior_mu", "prior_isig", "dof")
 
@@ -529,15 +530,19 @@ class BatchedPosterior:
 
     def _tiled(self, fn, theta: Tensor, per: int | None = None):
         """fn(sub-posterior, theta) over tiles of exactly ``per`` stars (default: row_tile // N,
-        the last tile padded with copies of the last star), outputs concatenated along stars
-        (fn returns a tensor or a tuple of tensors). Every GEMM and reduction then has the same
-        shape whatever the batch, so a star's numbers do not depend on the other stars."""
+        the last tile padded with copies of the last star on CUDA), outputs concatenated along
+        stars (fn returns a tensor or a tuple of tensors). On CUDA every GEMM and reduction then
+        has the same shape whatever the batch (cuBLAS picks its kernel by shape, so a star's
+        float32 spectra would otherwise depend on the batch size); on the CPU (MKL's float32
+        GEMM rows do not depend on M) the last tile is not padded, which saves the padding's work."""
         S, N = theta.shape[:2]
         per = per or max(1, self.row_tile // max(N, 1))
+        if not self.pad_tiles:
+            per = min(per, S)
         outs = []
         for a in range(0, S, per):
             b = min(S, a + per)
-            if b - a == per:
+            if b - a == per or not self.pad_tiles:
                 sub, th = self._slice(a, b), theta[a:b]
             else:
                 idx = torch.arange(a, a + per, device=theta.device).clamp_max(S - 1)
@@ -585,8 +590,12 @@ class BatchedPosterior:
     def solve(G: Tensor, b: Tensor) -> Tensor:
         """c = G^-1 b per row (G is SPD: Cholesky; pseudo-inverse for singular rows, as lstsq in
         the numpy path)."""
-        c, ok = _spd_solve(G, b)
-        bad = ~ok
+        if G.device.type == "cpu":  # LAPACK per matrix: fast, and a row's result is its own
+            c, info = torch.linalg.solve_ex(G, b[..., None])
+            c, bad = c[..., 0], info != 0
+        else:  # explicit Cholesky: no batched-kernel choice by batch size
+            c, ok = _spd_solve(G, b)
+            bad = ~ok
         if bool(bad.any()):
             c[bad] = (torch.linalg.pinv(G[bad]) @ b[bad][..., None])[..., 0]
         return c
