@@ -197,8 +197,9 @@ class DemoSettings:
     """Demo knobs (defaults are the documented demo)."""
 
     hidden: int | None = None  # None: the emulator's default
-    folds: int | None = None
-    epochs: int | None = None
+    folds: int | None = 3  # K-fold CV for the emulator error (3 keeps the demo under 10 min on 2 cores)
+    epochs: int | None = 300
+    patience: int | None = 50
     seed: int = 0
     n_workers: int | None = None
     progress: bool = True
@@ -207,7 +208,7 @@ class DemoSettings:
 
     def train_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {"seed": self.seed, "label_ranges": {"teff": TRAIN_TEFF_K}}
-        for k in ("hidden", "folds", "epochs"):
+        for k in ("hidden", "folds", "epochs", "patience"):
             if getattr(self, k) is not None:
                 kw[k] = getattr(self, k)
         return kw
