@@ -49,16 +49,17 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "hidden": 256,
     "n_hidden_layers": 3,
     "activation": "silu",
-    "epochs": 600,
+    "epochs": 400,
     "batch_size": 64,
     "lr": 2e-3,
     "weight_decay": 1e-4,
     "dropout": 0.0,
-    "patience": 100,
+    "patience": 50,
     "folds": 5,
     "val_fraction": 0.1,
     "weight_floor": 0.01,
     "seed": 0,
+    "ensemble": 1,
 }
 
 #: Largest wavelength grid stored inline in model.json (it is always in the weights file too).

@@ -111,6 +111,38 @@ def _gsn_from_net(net: GSNNet, template: dict[str, Any], emulator_error: np.ndar
     )
 
 
+def merge_ensemble(models: Sequence[GSN]) -> GSN:
+    """One GSN that predicts exactly the mean of ``models`` (same labels, scaling, grid,
+    activation, depth): first hidden layers side by side, deeper ones block-diagonal,
+    output weights stacked and divided by the number of members. Costs M times the
+    output-layer FLOPs of one member."""
+    m0 = models[0]
+    M = len(models)
+    for m in models[1:]:
+        if (m.label_names != m0.label_names or m.activation != m0.activation
+                or len(m.hidden_layers) != len(m0.hidden_layers) or m.label_transforms != m0.label_transforms
+                or not np.array_equal(m.bounds, m0.bounds) or not np.array_equal(m.wavelength, m0.wavelength)):
+            raise ValueError("ensemble members differ in labels, scaling, grid, activation or depth")
+    layers = [(np.concatenate([m.hidden_layers[0][0] for m in models], axis=1),
+               np.concatenate([m.hidden_layers[0][1] for m in models]))]
+    for i in range(1, len(m0.hidden_layers)):
+        Ws = [m.hidden_layers[i][0] for m in models]
+        W = np.zeros((sum(w.shape[0] for w in Ws), sum(w.shape[1] for w in Ws)), np.float32)
+        r = c = 0
+        for w_ in Ws:
+            W[r : r + w_.shape[0], c : c + w_.shape[1]] = w_
+            r, c = r + w_.shape[0], c + w_.shape[1]
+        layers.append((W, np.concatenate([m.hidden_layers[i][1] for m in models])))
+    W_out = np.concatenate([m.W_out for m in models], axis=0) / np.float32(M)
+    b_out = np.mean([m.b_out for m in models], axis=0, dtype=np.float64).astype(np.float32)
+    return GSN(
+        hidden_layers=layers, W_out=W_out, b_out=b_out, activation=m0.activation, label_names=m0.label_names,
+        label_units=m0.label_units, bounds=m0.bounds, label_transforms=m0.label_transforms,
+        wavelength=m0.wavelength, emulator_error=m0.emulator_error, normalisation=m0.normalisation,
+        meta={"ensemble": {"members": M, "member_hidden": m0.hidden_widths}},
+    )
+
+
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """``device`` or CUDA when available, else CPU."""
     if device is None or str(device) == "auto":
@@ -447,6 +479,7 @@ def train_gsn(
     label_ranges: dict[str, tuple[float, float]] | None = None,
     mask_telluric: bool = False,
     final: str = "refit",
+    ensemble: int = _D["ensemble"],
     progress: bool = True,
     keep_fold_models: bool = False,
 ) -> tuple[GSN, dict[str, Any]]:
@@ -454,7 +487,10 @@ def train_gsn(
 
     ``folds >= 2``: K-fold cross-validation (each fold early-stops on its held-out stars, whose
     out-of-fold predictions give the CV residuals and the per-pixel emulator error), then the
-    final model is trained on all stars for the median best epoch count (``final="refit"``).
+    final model is trained on all stars for the median best epoch count (``final="refit"``;
+    ``final="none"`` keeps the first fold's model, for quick sweeps).
+    ``ensemble = M > 1`` trains M networks (different seeds) per fit and merges them into one
+    GSN predicting their mean (:func:`merge_ensemble`; M times the inference cost).
     ``folds <= 1``: one held-out split of ``val_fraction`` (fixed seed) for early stopping and
     the emulator error; the final model is that network.
 
@@ -513,6 +549,7 @@ def train_gsn(
         "patience": patience, "folds": folds, "val_fraction": val_fraction, "weight_floor": weight_floor,
         "seed": seed, "device": str(dev), "threads": threads, "wavelength_range": wavelength_range,
         "label_ranges": label_ranges, "mask_telluric": mask_telluric, "final": final,
+        "ensemble": int(ensemble),
     }
     common = dict(
         hidden=widths, activation=activation, dropout=dropout, batch_size=batch_size, lr=lr,
@@ -530,38 +567,51 @@ def train_gsn(
             fold = np.zeros(n, np.int64)
             fold[rng.permutation(n)[:n_val]] = 1  # 1 = validation
         k_list = range(int(folds)) if folds >= 2 else [1]
+        def train_members(idx_tr, idx_va, *, n_ep, pat, seed0, desc):
+            gsns, infos = [], []
+            for e in range(int(ensemble)):
+                has_va = idx_va is not None
+                net, info = _fit_net(
+                    X[idx_tr], flux[idx_tr], w[idx_tr],
+                    X[idx_va] if has_va else None, flux[idx_va] if has_va else None, w[idx_va] if has_va else None,
+                    epochs=n_ep, patience=pat, seed=seed0 + 7919 * e,
+                    desc=desc + (f" member {e + 1}/{ensemble}" if ensemble > 1 else ""), **common,
+                )
+                gsns.append(_gsn_from_net(net, template, None, {}))
+                infos.append(info)
+            return (merge_ensemble(gsns) if len(gsns) > 1 else gsns[0]), infos
+
         for k in k_list:
             te = fold == k
-            net, info = _fit_net(
-                X[~te], flux[~te], w[~te], X[te], flux[te], w[te],
-                epochs=epochs, patience=patience, seed=seed + 1000 * (k + 1),
-                desc=f"fold {k + 1}/{folds}" if folds >= 2 else "train", **common,
+            fm, infos = train_members(
+                ~te, te, n_ep=epochs, pat=patience, seed0=seed + 1000 * (k + 1),
+                desc=f"fold {k + 1}/{folds}" if folds >= 2 else "train",
             )
-            with torch.no_grad():
-                oof[te] = net(torch.from_numpy(X[te]).to(dev)).cpu().numpy()
+            oof[te] = fm.predict(lab[te])
+            info = {
+                "best_epoch": int(np.median([i["best_epoch"] for i in infos])),
+                "member_best_epochs": [int(i["best_epoch"]) for i in infos],
+                "best_val_loss": float(np.mean([i["best_val_loss"] for i in infos])),
+                "epochs_run": int(sum(i["epochs_run"] for i in infos)),
+            }
             log.info(
-                "%s: best epoch %d of %d run, val loss %.4g (%.1f s so far)", f"fold {k + 1}/{folds}" if folds >= 2
-                else "holdout", info["best_epoch"], info["epochs_run"], info["best_val_loss"], time.perf_counter() - t0,
+                "%s: best epoch %s, val loss %.4g (%.1f s so far)", f"fold {k + 1}/{folds}" if folds >= 2
+                else "holdout", info["member_best_epochs"], info["best_val_loss"], time.perf_counter() - t0,
             )
-            fold_info.append({"fold": int(k), "n_val": int(te.sum()), **{kk: v for kk, v in info.items() if kk != "history"}})
-            if keep_fold_models or folds < 2:
-                fold_models.append(_gsn_from_net(net, template, None, {}))
-            if folds < 2:
-                final_net = net
+            fold_info.append({"fold": int(k), "n_val": int(te.sum()), **info})
+            fold_models.append(fm)
         val_mask = np.isfinite(oof[:, 0])
         resid = np.where(val_mask[:, None], oof - flux, np.nan)
         emu_err = robust_emulator_error(resid[val_mask], ivar[val_mask])
-        best_epochs = [f["best_epoch"] for f in fold_info]
+        best_epochs = [e for f in fold_info for e in f["member_best_epochs"]]
         t_cv = time.perf_counter() - t0
+        n_final = int(max(1, np.median(best_epochs)))
         if folds >= 2 and final == "refit":
-            n_final = int(max(1, np.median(best_epochs)))
-            final_net, finfo = _fit_net(
-                X, flux, w, None, None, None, epochs=n_final, patience=0, seed=seed, desc="final", **common
-            )
-        elif folds >= 2:
-            raise ValueError(f"final={final!r}: only 'refit' is supported")
+            final_gsn, _ = train_members(np.ones(n, bool), None, n_ep=n_final, pat=0, seed0=seed, desc="final")
+        elif final in ("none", "fold0") or folds < 2:
+            final_gsn = fold_models[0]
         else:
-            n_final = best_epochs[0]
+            raise ValueError(f"final={final!r}: use 'refit' or 'none'")
     t_total = time.perf_counter() - t0
     metrics = cv_metrics(resid[val_mask], ivar[val_mask], emu_err)
     from . import __version__
@@ -584,7 +634,10 @@ def train_gsn(
         },
         "cv": {**metrics, "folds": fold_info, "kind": "kfold" if folds >= 2 else "holdout"},
     }
-    model = _gsn_from_net(final_net, template, emu_err, meta)
+    model = GSN(
+        hidden_layers=final_gsn.hidden_layers, W_out=final_gsn.W_out, b_out=final_gsn.b_out,
+        activation=final_gsn.activation, emulator_error=emu_err, meta=meta, **template,
+    )
     report = {
         "config": cfg, "n_star": int(n), "n_pix": int(n_pix), "train_time_s": t_total, "cv_time_s": t_cv,
         "final_epochs": int(n_final), "folds": fold_info, **metrics,
@@ -593,6 +646,8 @@ def train_gsn(
     }
     if keep_fold_models:
         report["fold_models"] = fold_models
+    elif folds >= 2:
+        del fold_models
     return model, report
 
 
@@ -726,6 +781,7 @@ __all__ = [
     "analytic_cube",
     "cv_metrics",
     "diagnostics_figure",
+    "merge_ensemble",
     "net_from_gsn",
     "predict_torch",
     "prepare_training_data",

@@ -26,6 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--layers", type=int, default=D["n_hidden_layers"], help="number of hidden layers")
     p.add_argument("--activation", default=D["activation"], choices=sorted(ACTIVATIONS))
     p.add_argument("--linear-teff", action="store_true", help="scale teff linearly (default: log10 teff)")
+    p.add_argument("--ensemble", type=int, default=D.get("ensemble", 1),
+                   help="networks averaged into the model (merged into one GSN; M times slower inference)")
     p.add_argument("--epochs", type=int, default=D["epochs"], help="maximum epochs per fold")
     p.add_argument("--batch-size", type=int, default=D["batch_size"])
     p.add_argument("--lr", type=float, default=D["lr"], help="peak learning rate (AdamW, cosine decay)")
@@ -68,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         activation=args.activation,
         label_transforms={"teff": "identity"} if args.linear_teff else None,
         epochs=args.epochs,
+        ensemble=args.ensemble,
         batch_size=args.batch_size,
         lr=args.lr,
         weight_decay=args.weight_decay,
