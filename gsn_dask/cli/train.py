@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress and sys.stderr.isatty(),
     )
     model.meta["training"]["cube_path"] = str(Path(args.train_cube).resolve())
-    model.meta["training"]["command"] = " ".join(["gsn-dask", "train", *sys.argv[2:]]) if sys.argv else None
+    model.meta["training"]["cli_args"] = {k: v for k, v in vars(args).items() if k != "func"}
     model.save(out)
     fig = None
     if not args.no_figure:
