@@ -220,6 +220,8 @@ def synthetic_grid(n_train: int = 2000, n_test: int = 500, epochs: int = 400, hi
         "hidden": hidden, "epochs": epochs, "train_time_s": round(t, 1),
         "heldout_median_abs_resid": float(np.median(np.abs(r))),
         "heldout_p95_abs_resid": float(np.percentile(np.abs(r), 95)),
+        "heldout_median_abs_resid_in_lines": float(np.median(np.abs(r)[te["flux"].values < 0.95])),
+        "line_pixel_fraction": float(np.mean(te["flux"].values < 0.95)),
     }
 
 
@@ -391,6 +393,10 @@ def main(argv=None) -> int:
     s = results.get("synthetic")
     if s:
         rows.append((f"synthetic held-out median |resid| ({s['n_pix']} px, 4 labels)", fmt(s["heldout_median_abs_resid"])))
+        if "heldout_median_abs_resid_in_lines" in s:
+            rows.append((f"synthetic held-out median |resid| in lines (flux < 0.95, {s['line_pixel_fraction']:.0%} of px)",
+                         fmt(s["heldout_median_abs_resid_in_lines"])))
+        rows.append(("synthetic held-out p95 |resid|", fmt(s["heldout_p95_abs_resid"])))
     t = results.get("throughput")
     if t:
         rows.append(("throughput numpy 1 thread [spectra/s] (GFLOP/s)", f"{t['numpy_spectra_per_s']:.0f} ({t['numpy_gflops']:.1f})"))
