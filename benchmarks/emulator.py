@@ -167,6 +167,7 @@ def miles_cv_and_recovery(cube: Path, cfg: dict, *, invert: bool = True, save_mo
     ds = open_spectra(cube)
     t0 = time.perf_counter()
     model, rep = train_gsn(ds, keep_fold_models=invert, progress=progress, **cfg)
+    model.meta["training"]["cube_path"] = str(Path(cube).resolve())
     t_train = time.perf_counter() - t0
     res = {
         "config": rep["config"], "n_star": rep["n_star"], "n_pix": rep["n_pix"],

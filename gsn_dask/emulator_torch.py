@@ -501,6 +501,8 @@ def train_gsn(
     """
     t0 = time.perf_counter()
     cube_path = None
+    if not isinstance(train_ds, (str, Path)) and train_ds.encoding.get("source"):
+        cube_path = str(train_ds.encoding["source"])
     if isinstance(train_ds, (str, Path)):
         from .cube import open_spectra
 
@@ -625,7 +627,8 @@ def train_gsn(
             "n_star": int(n),
             "labels_sha256": label_sha,
             "cube_source": data["attrs"].get("source"),
-            "cube_version": data["attrs"].get("version"),
+            "cube_version": data["attrs"].get("version") or data["attrs"].get("source_version"),
+            "cube_gsn_dask_version": data["attrs"].get("gsn_dask_version"),
             "cube_schema": data["attrs"].get("schema"),
             "config": cfg,
             "final_epochs": int(n_final),
