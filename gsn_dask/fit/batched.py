@@ -87,6 +87,7 @@ import torch
 from ..flags import Flag
 from .config import FitConfig
 from .posterior import C_KMS, SpectrumPosterior
+from .result import empty_result, input_problem, result_flags
 
 Tensor = torch.Tensor
 
@@ -1449,63 +1450,6 @@ def _run_pool(emu: TorchEmulator, stack: SpectraStack, rows: Sequence[int], seed
     return results  # type: ignore[return-value]
 
 
-# ====================================================================== results
-_SAMPLER_FLAGS: Any = None
-
-
-def _flags(post: SpectrumPosterior, med: np.ndarray, rv: float, chi2r: float, snr: float, conv: bool,
-           cfg: FitConfig) -> int:
-    """Flag bits of a fitted star: sampler._flags when importable (emcee installed), else the same
-    rules here."""
-    global _SAMPLER_FLAGS
-    if _SAMPLER_FLAGS is None:
-        try:
-            from .sampler import _flags as sf  # imports emcee
-        except ImportError:
-            sf = False
-        _SAMPLER_FLAGS = sf
-    sf = _SAMPLER_FLAGS
-    if sf:
-        return int(sf(post, med, rv, chi2r, snr, conv, cfg))
-    flag = 0
-    if not conv:
-        flag |= Flag.NOT_CONVERGED
-    span = post.upper - post.lower
-    tol = cfg.edge_fraction * span
-    L = post.n_label
-    if np.any((med - post.lower[:L] < tol[:L]) | (post.upper[:L] - med < tol[:L])):
-        flag |= Flag.PRIOR_EDGE
-    if (rv - post.lower[L] < tol[L]) or (post.upper[L] - rv < tol[L]):
-        flag |= Flag.RV_EDGE
-    if not (chi2r <= cfg.chi2_poor):
-        flag |= Flag.POOR_FIT
-    if np.isfinite(snr) and snr < cfg.snr_low:
-        flag |= Flag.LOW_SNR
-    return int(flag)
-
-
-def empty_result(n_label: int, *, status: str, flag: int = int(Flag.NOT_FITTED), **extra: Any) -> dict[str, Any]:
-    """A not-fitted result dict (as sampler.empty_result)."""
-    nan = np.full(n_label, np.nan)
-    out: dict[str, Any] = {
-        "median": nan.copy(), "p16": nan.copy(), "p84": nan.copy(), "map": nan.copy(),
-        "rv": math.nan, "rv_err": math.nan, "chi2_reduced": math.nan, "acceptance": math.nan,
-        "tau_max": math.nan, "n_eff_min": math.nan, "flag": int(flag), "status": status, "samples": None,
-    }
-    out.update(extra)
-    return out
-
-
-def _input_problem(flux: np.ndarray, ivar: np.ndarray, n_pix: int) -> str | None:
-    if flux.shape != (n_pix,) or ivar.shape != (n_pix,):
-        return f"flux/ivar shape {flux.shape}/{ivar.shape} is not the model grid ({n_pix} px)"
-    if not np.isfinite(flux).any():
-        return "no finite flux (all NaN)"
-    if not (np.isfinite(ivar) & (ivar > 0)).any():
-        return "no pixel with ivar > 0"
-    return None
-
-
 # ====================================================================== batch sizing
 def bytes_per_star(n_pix: int, n_hidden: int, config: FitConfig, ndim: int) -> int:
     """Rough peak device memory of one star in a batch (bytes): the largest emulator call
@@ -1556,7 +1500,7 @@ def _finalise(stack: SpectraStack, i: int, res: dict[str, Any], snr: float, seed
     tpl = stack.template
     snr_used = float(snr) if np.isfinite(snr) else float(stack.snr_median[i])
     out = dict(res)
-    out["flag"] = _flags(tpl, res["median"], res["rv"], res["chi2_reduced"], snr_used, bool(out.pop("converged")), cfg)
+    out["flag"] = result_flags(tpl, res["median"], res["rv"], res["chi2_reduced"], snr_used, bool(out.pop("converged")), cfg)
     out.update(status="ok", snr=snr_used, n_good=int(stack.n_good[i]), seed=int(seed))
     if return_chain:
         out["param_names"] = list(tpl.param_names)
@@ -1566,7 +1510,7 @@ def _finalise(stack: SpectraStack, i: int, res: dict[str, Any], snr: float, seed
 
 
 def _input_problems(flux: np.ndarray, ivar: np.ndarray, n_pix: int) -> list[str | None]:
-    """:func:`_input_problem` for every row (vectorised)."""
+    """:func:`gsn_dask.fit.result.input_problem` for every row (vectorised)."""
     if flux.ndim != 2 or flux.shape != ivar.shape or flux.shape[1] != n_pix:
         return [f"flux/ivar shape {flux.shape[1:]}/{ivar.shape[1:]} is not the model grid ({n_pix} px)"] * flux.shape[0]
     nofin = ~np.isfinite(flux).any(axis=1)
@@ -1727,7 +1671,7 @@ def fit_block(block: Any, model: Any, *, config: FitConfig, run_seed: int, progr
     snr = (np.asarray(block["snr"].values, dtype=np.float64).reshape(n) if "snr" in block.variables
            else np.full(n, np.nan))
     n_pix = flux.shape[1]
-    problems = {i: _input_problem(flux[i], ivar[i], n_pix) for i in range(n)}
+    problems = {i: input_problem(flux[i], ivar[i], n_pix) for i in range(n)}
     errors: dict[int, str] = {}
     if not bool(block.attrs.get("normalised", False)):
         from .threads import blas_threads

@@ -23,7 +23,8 @@ from .. import __version__
 from ..cube import empty_results
 from ..flags import Flag
 from .config import FitConfig
-from .sampler import _input_problem, check_config, empty_result, fit_spectrum
+from .result import empty_result, input_problem
+from .sampler import check_config, fit_spectrum
 from .seeds import star_seed
 from .threads import blas_threads
 
@@ -146,7 +147,7 @@ def fit_block(
         else np.full(n, np.nan)
     )
     n_pix = flux.shape[1]
-    problems = {i: _input_problem(flux[i], ivar[i], n_pix) for i in range(n)}
+    problems = {i: input_problem(flux[i], ivar[i], n_pix) for i in range(n)}
     errors: dict[int, str] = {}
     with blas_threads(config.blas_threads):
         if not bool(block.attrs.get("normalised", False)):

@@ -27,6 +27,7 @@ from ..flags import Flag
 from .config import FitConfig
 from .diagnostics import autocorr_time
 from .posterior import SpectrumPosterior
+from .result import RESULT_KEYS, empty_result, input_problem, result_flags
 from .seeds import generator, random_state
 from .start import find_map
 from .threads import blas_threads
@@ -82,36 +83,6 @@ def make_moves(kind: str, mean: np.ndarray | None = None, cov: np.ndarray | None
 
 
 # ------------------------------------------------------------------ results
-RESULT_KEYS = (
-    "median", "p16", "p84", "map", "rv", "rv_err", "chi2_reduced", "acceptance", "tau_max",
-    "n_eff_min", "flag", "status", "samples",
-)
-
-
-def empty_result(n_label: int, *, status: str, flag: int = int(Flag.NOT_FITTED), **extra: Any) -> dict[str, Any]:
-    """A result dict for a star that was not fitted (NaN numbers, ``status`` = reason)."""
-    nan = np.full(n_label, np.nan)
-    out: dict[str, Any] = {
-        "median": nan.copy(), "p16": nan.copy(), "p84": nan.copy(), "map": nan.copy(),
-        "rv": math.nan, "rv_err": math.nan, "chi2_reduced": math.nan, "acceptance": math.nan,
-        "tau_max": math.nan, "n_eff_min": math.nan, "flag": int(flag), "status": status, "samples": None,
-    }
-    out.update(extra)
-    return out
-
-
-def _input_problem(flux: np.ndarray, ivar: np.ndarray, n_pix: int) -> str | None:
-    if flux.shape != (n_pix,) or ivar.shape != (n_pix,):
-        return f"flux/ivar shape {flux.shape}/{ivar.shape} is not the model grid ({n_pix} px)"
-    finite = np.isfinite(flux)
-    if not finite.any():
-        return "no finite flux (all NaN)"
-    ok_ivar = np.isfinite(ivar) & (ivar > 0)
-    if not ok_ivar.any():
-        return "no pixel with ivar > 0"
-    return None
-
-
 def _draw_walkers(post: SpectrumPosterior, mean: np.ndarray, cov: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """n walkers from N(mean, cov) inside the bounds (resampled, then clipped to the interior)."""
     lo, hi = post.lower, post.upper
@@ -124,24 +95,6 @@ def _draw_walkers(post: SpectrumPosterior, mean: np.ndarray, cov: np.ndarray, n:
             break
         out[bad] = mean + rng.standard_normal((int(bad.sum()), mean.size)) @ L.T
     return np.clip(out, lo + 1e-6 * span, hi - 1e-6 * span)
-
-
-def _flags(post: SpectrumPosterior, med: np.ndarray, rv: float, chi2r: float, snr: float, conv: bool, cfg: FitConfig) -> int:
-    flag = 0
-    if not conv:
-        flag |= Flag.NOT_CONVERGED
-    span = post.upper - post.lower
-    tol = cfg.edge_fraction * span
-    L = post.n_label
-    if np.any((med - post.lower[:L] < tol[:L]) | (post.upper[:L] - med < tol[:L])):
-        flag |= Flag.PRIOR_EDGE
-    if (rv - post.lower[L] < tol[L]) or (post.upper[L] - rv < tol[L]):
-        flag |= Flag.RV_EDGE
-    if not (chi2r <= cfg.chi2_poor):
-        flag |= Flag.POOR_FIT
-    if np.isfinite(snr) and snr < cfg.snr_low:
-        flag |= Flag.LOW_SNR
-    return int(flag)
 
 
 def check_config(cfg: FitConfig, model) -> None:
@@ -201,7 +154,7 @@ def _fit_spectrum(model, flux, ivar, *, cfg: FitConfig, seed: int, snr: float, p
     ivar = np.asarray(ivar, dtype=np.float64).reshape(-1)
     L = len(model.label_names)
     n_pix = int(np.asarray(model.wavelength).size)
-    problem = _input_problem(flux, ivar, n_pix)
+    problem = input_problem(flux, ivar, n_pix)
     if problem is not None:
         return empty_result(L, status=f"bad input: {problem}", snr=float(snr), n_good=0, seed=int(seed))
     post = SpectrumPosterior(model, flux, ivar, cfg, priors=priors)
@@ -280,7 +233,7 @@ def _fit_spectrum(model, flux, ivar, *, cfg: FitConfig, seed: int, snr: float, p
         "acceptance": acc,
         "tau_max": float(np.max(tau)),
         "n_eff_min": float(np.min(n_eff)),
-        "flag": _flags(post, q50[:L], float(q50[L]), chi2r, snr_used, conv, cfg),
+        "flag": result_flags(post, q50[:L], float(q50[L]), chi2r, snr_used, conv, cfg),
         "status": "ok",
         "samples": samples,
         "snr": snr_used,
