@@ -13,6 +13,14 @@ from .. import __version__
 SUBCOMMANDS = ("ingest", "grid", "train", "fit", "validate", "demo", "export_parquet")
 
 
+def quiet_distributed_logs() -> None:
+    """distributed logs every worker/client (dis)connection at INFO: keep the terminal readable
+    (unless -v). Its import sets its loggers' levels, so import it first, then override."""
+    import distributed  # noqa: F401
+
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gsn-dask",

@@ -31,15 +31,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import logging
-
     from ..demo import DemoSettings, run_demo
+    from . import quiet_distributed_logs
 
     if not args.verbose:
-        import distributed  # noqa: F401  (its import sets its loggers' levels; override after)
-
-        # distributed logs every worker/client (dis)connection at INFO: keep the terminal readable
-        logging.getLogger("distributed").setLevel(logging.ERROR)
+        quiet_distributed_logs()
 
     settings = DemoSettings(seed=args.seed, n_workers=args.workers, progress=not args.no_progress)
     run_demo(args.out, lamost=args.lamost, labels_csv=args.labels, settings=settings, train_cube=args.train_cube)

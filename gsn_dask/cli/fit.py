@@ -146,12 +146,9 @@ def run(args: argparse.Namespace) -> int:
 
     config = build_config(args)
     if getattr(args, "verbose", 0) < 1 and args.engine == "dask":
-        import logging
+        from . import quiet_distributed_logs
 
-        import distributed  # noqa: F401  (its import sets its loggers' levels; override after)
-
-        # distributed logs every worker/client (dis)connection at INFO: keep the terminal readable
-        logging.getLogger("distributed").setLevel(logging.ERROR)
+        quiet_distributed_logs()
     if args.engine == "serial" and (args.scheduler or args.workers):
         print("note: --scheduler/--workers are ignored with --engine serial", file=sys.stderr)
     info: dict[str, Any] = {}
