@@ -17,7 +17,7 @@ core against emcee at equal n_eff (ms per 100 effective samples), and on the GPU
 its FP32 peak reached (FLOPs counted: emulator forward pass 2 x sum(n_in x n_out) + rv shift
 3 n_used + continuum normal equations 2 n_used (k + k(k+1)/2) + 4 n_used per evaluated row).
 
-Model: ``--model DIR``, else /work/cache/miles_model when present (the MILES GSN), else the
+Model: ``--model DIR`` (``--model toy``: the analytic toy GSN), else /work/cache/miles_model when present (the MILES GSN), else the
 analytic toy GSN of the default size (3 x 256 SiLU, 3757 px; gsn_dask.fit.testing.toy_model),
 else (no xarray) a random network of that size. With ``--no-emcee`` the script needs only
 numpy + torch (a model directory is read without xarray/safetensors by a small reader).
@@ -119,6 +119,10 @@ def random_model(n_label: int = 3, hidden=(256, 256, 256), seed: int = 0) -> Lig
 
 
 def get_model(arg: str | None):
+    if arg == "toy":  # the default-size analytic GSN (3 x 256 SiLU, 3757 px)
+        from gsn_dask.fit.testing import toy_model
+
+        return toy_model(), "analytic toy GSN 3x256 SiLU (gsn_dask.fit.testing.toy_model)"
     if arg:
         d = Path(arg)
         try:
@@ -267,7 +271,7 @@ def bench_map(model, posts, cfg) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=None)
+    ap.add_argument("--model", default=None, help="model directory, or \"toy\" (default: the MILES GSN if cached, else toy)")
     ap.add_argument("--n-spectra", type=int, default=128, help="spectra for the batched CPU run")
     ap.add_argument("--n-emcee", type=int, default=8, help="spectra for the emcee run (laplace-de)")
     ap.add_argument("--n-emcee-stretch", type=int, default=2, help="spectra for the emcee run with stretch moves")

@@ -33,64 +33,29 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-MILES_MODEL = Path("/work/cache/miles_model")
+from _common import (  # benchmarks/ is on sys.path: the script's folder
+    MILES_MODEL, ROOT, build_cube, fit_chunks, save_toy_model, saved_model, start_local_cluster,
+)
+
 RESULTS = ROOT / "benchmarks" / "results" / "pipeline.json"
 
 
 def build_model(workdir: Path, full: bool) -> tuple[Path, str]:
-    if MILES_MODEL.is_dir() and (MILES_MODEL / "model.json").exists():
+    if saved_model(MILES_MODEL):
         return MILES_MODEL, "MILES GSN (/work/cache/miles_model)"
-    from gsn_dask.cube import log_lambda_grid
-    from gsn_dask.fit.testing import toy_model
-
-    if full:
-        model, what = toy_model(seed=0), "toy GSN 3x256 hidden, LAMOST 3750-8900 A"
-    else:
-        model = toy_model(hidden=(32, 32, 32), wavelength=log_lambda_grid(4800.0, 5600.0), n_train=800, seed=0)
-        what = "tiny toy GSN 3x32 hidden, 4800-5600 A (669 px)"
-    d = workdir / "model"
-    model.save(d)
-    return d, what
-
-
-def build_cube(model_dir: Path, path: Path, n_star: int, chunk_size: int, seed: int = 1) -> None:
-    from gsn_dask.cube import make_spectra, write_spectra
-    from gsn_dask.emulator import load_model
-    from gsn_dask.fit.testing import noisy_spectrum
-
-    model = load_model(model_dir)
-    rng = np.random.default_rng(seed)
-    lo, hi = model.bounds[:, 0], model.bounds[:, 1]
-    truth = lo + (hi - lo) * (0.1 + 0.8 * rng.random((n_star, model.n_label)))
-    snr = rng.uniform(20.0, 80.0, n_star)
-    flux = np.empty((n_star, model.n_pix), np.float32)
-    ivar = np.empty_like(flux)
-    for i in range(n_star):
-        flux[i], ivar[i] = noisy_spectrum(model, truth[i], snr=float(snr[i]), rv=float(rng.normal(0, 30)), rng=rng)
-    ds = make_spectra([f"bench-{i:05d}" for i in range(n_star)], model.wavelength, flux, ivar, snr=snr,
-                      labels={n: truth[:, j] for j, n in enumerate(model.label_names)}, normalised=True)
-    write_spectra(ds, path, chunk_size=chunk_size)
+    return save_toy_model(workdir, tiny=not full)
 
 
 def bare_loop(cube: Path, model_dir: Path, config, seed: int, chunk_size: int) -> dict:
     """(a): one process, chunk by chunk: read, fit_block. Returns wall and time to first chunk."""
     from gsn_dask.emulator import load_model
-    from gsn_dask.fit.block import fit_block
-    from gsn_dask.pipeline import read_block
-    from gsn_dask.results_store import chunk_bounds
     import xarray as xr
 
     t0 = time.perf_counter()
     c0 = time.process_time()
     model = load_model(model_dir)
     n = xr.open_zarr(cube, consolidated=False).sizes["star"]
-    first = None
-    rows = []
-    for a, b in chunk_bounds(n, chunk_size):
-        rows.append(fit_block(read_block(cube, a, b), model, config=config, run_seed=seed))
-        if first is None:
-            first = time.perf_counter() - t0
+    rows, first = fit_chunks(cube, model, config, seed, n, chunk_size, t0=t0)
     wall = time.perf_counter() - t0
     cpu = time.process_time() - c0
     res = xr.concat(rows, dim="star")
@@ -134,13 +99,8 @@ def run_runner(cube: Path, model_dir: Path, out: Path, config, seed: int, n_work
     startup = 0.0
     client = cluster = None
     if engine == "dask":
-        from distributed import Client, LocalCluster
-
         t = time.perf_counter()
-        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                               silence_logs=logging.ERROR)
-        client = Client(cluster)
-        client.wait_for_workers(n_workers)
+        cluster, client = start_local_cluster(n_workers, wait=True)
         startup = time.perf_counter() - t
     try:
         w0 = client.run(time.process_time) if client is not None else {}

@@ -31,7 +31,6 @@ for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import logging  # noqa: E402
 import platform  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
@@ -42,64 +41,32 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import (  # noqa: E402  (benchmarks/ is on sys.path: the script's folder)
+    MILES_MODEL, ROOT, build_cube, fit_chunks, save_toy_model, saved_model, start_local_cluster,
+)
+
 RESULTS = ROOT / "benchmarks" / "results" / "spark.json"
-MILES_MODEL = Path("/work/cache/miles_model")
 COMPARE = ("median", "p16", "p84", "map", "rv", "rv_err", "flag")
 
 
 def build_model(workdir: Path, model_dir: str | None, tiny: bool) -> tuple[Path, str]:
-    for d in ([Path(model_dir)] if model_dir else []) + [MILES_MODEL]:
-        if (d / "model.json").exists():
-            return d, str(d)
-    from gsn_dask.cube import log_lambda_grid
-    from gsn_dask.fit.testing import toy_model
-
-    if tiny:
-        model = toy_model(hidden=(32, 32, 32), wavelength=log_lambda_grid(4800.0, 5600.0), n_train=800, seed=0)
-        what = "tiny toy GSN 3x32 hidden, 4800-5600 A (669 px)"
-    else:
-        model, what = toy_model(seed=0), "toy GSN 3x256 hidden, LAMOST 3750-8900 A"
-    d = workdir / "model"
-    model.save(d)
-    return d, what
-
-
-def build_cube(model_dir: Path, path: Path, n_star: int, chunk_size: int, seed: int = 1) -> None:
-    from gsn_dask.cube import make_spectra, write_spectra
-    from gsn_dask.emulator import load_model
-    from gsn_dask.fit.testing import noisy_spectrum
-
-    model = load_model(model_dir)
-    rng = np.random.default_rng(seed)
-    lo, hi = model.bounds[:, 0], model.bounds[:, 1]
-    truth = lo + (hi - lo) * (0.1 + 0.8 * rng.random((n_star, model.n_label)))
-    snr = rng.uniform(20.0, 80.0, n_star)
-    flux = np.empty((n_star, model.n_pix), np.float32)
-    ivar = np.empty_like(flux)
-    for i in range(n_star):
-        flux[i], ivar[i] = noisy_spectrum(model, truth[i], snr=float(snr[i]), rv=float(rng.normal(0, 30)), rng=rng)
-    ds = make_spectra([f"bench-{i:05d}" for i in range(n_star)], model.wavelength, flux, ivar, snr=snr,
-                      labels={n: truth[:, j] for j, n in enumerate(model.label_names)}, normalised=True)
-    write_spectra(ds, path, chunk_size=chunk_size)
+    d = saved_model(*([Path(model_dir)] if model_dir else []), MILES_MODEL)
+    if d is not None:
+        return d, str(d)
+    return save_toy_model(workdir, tiny)
 
 
 def bare_loop(cube: Path, model_dir: Path, config, seed: int, chunk_size: int):
     """(a): chunk by chunk in this process: read, fit_block. Returns (timing dict, results)."""
     import xarray as xr
 
-    from gsn_dask.emulator import load_model
-    from gsn_dask.fit.block import fit_block
-    from gsn_dask.pipeline import read_block
-    from gsn_dask.results_store import chunk_bounds
-
     from gsn_dask.cube import open_spectra
+    from gsn_dask.emulator import load_model
 
     n = int(open_spectra(cube).sizes["star"])
     model = load_model(model_dir)
     t0, c0 = time.perf_counter(), time.process_time()
-    rows = [fit_block(read_block(cube, a, b), model, config=config, run_seed=seed)
-            for a, b in chunk_bounds(n, chunk_size)]
+    rows, _ = fit_chunks(cube, model, config, seed, n, chunk_size)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {"wall_s": wall, "cpu_s": cpu, "s_per_spectrum": wall / n, "cpu_s_per_spectrum": cpu / n}, \
         xr.concat(rows, dim="star")
@@ -130,14 +97,10 @@ def bench_spark(master: str, cube: Path, model_dir: Path, work: Path, config, se
 
 def bench_dask(n_workers: int, cube: Path, model_dir: Path, work: Path, config, seed: int, repeat: int):
     """(d): LocalCluster start, then 1 cold + ``repeat`` warm runs of run_fit on it."""
-    from distributed import Client, LocalCluster
-
     from gsn_dask.pipeline import run_fit
 
     t0 = time.perf_counter()
-    cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                           silence_logs=logging.ERROR)
-    client = Client(cluster)
+    cluster, client = start_local_cluster(n_workers)
     startup = time.perf_counter() - t0
     runs = []
     try:

@@ -60,6 +60,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "weight_floor": 0.01,
     "seed": 0,
     "ensemble": 1,
+    "label_systematics": True,
 }
 
 #: Largest wavelength grid stored inline in model.json (it is always in the weights file too).

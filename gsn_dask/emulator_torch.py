@@ -480,6 +480,7 @@ def train_gsn(
     mask_telluric: bool = False,
     final: str = "refit",
     ensemble: int = _D["ensemble"],
+    label_systematics: bool = _D["label_systematics"],
     progress: bool = True,
     keep_fold_models: bool = False,
 ) -> tuple[GSN, dict[str, Any]]:
@@ -496,6 +497,9 @@ def train_gsn(
 
     ``label_transforms`` maps label names to ``"log10"``/``"identity"`` (default: teff log10).
     ``weight_floor`` (normalised flux units) caps the weight of very high-S/N pixels.
+    ``label_systematics``: fit every held-out star (MAP + Laplace, at most 400) with its fold
+    model and store the per-label systematic sigma that calibrates the fit's intervals in
+    ``meta["label_systematics"]`` (:mod:`gsn_dask.fit.systematics`; the fit folds it into p16/p84).
     ``report`` holds settings, timings, CV metrics and (arrays) ``oof_pred``, ``fold``,
     ``flux``, ``ivar``, ``label_values``, ``wavelength``; ``fold_models`` if ``keep_fold_models``.
     """
@@ -551,7 +555,7 @@ def train_gsn(
         "patience": patience, "folds": folds, "val_fraction": val_fraction, "weight_floor": weight_floor,
         "seed": seed, "device": str(dev), "threads": threads, "wavelength_range": wavelength_range,
         "label_ranges": label_ranges, "mask_telluric": mask_telluric, "final": final,
-        "ensemble": int(ensemble),
+        "ensemble": int(ensemble), "label_systematics": bool(label_systematics),
     }
     common = dict(
         hidden=widths, activation=activation, dropout=dropout, batch_size=batch_size, lr=lr,
@@ -605,6 +609,15 @@ def train_gsn(
         val_mask = np.isfinite(oof[:, 0])
         resid = np.where(val_mask[:, None], oof - flux, np.nan)
         emu_err = robust_emulator_error(resid[val_mask], ivar[val_mask])
+        systematics = None
+        if label_systematics and fold_models:
+            from .fit.systematics import estimate_label_systematics
+
+            midx = np.full(n, -1, np.int64)
+            for j, k in enumerate(k_list):
+                midx[fold == k] = j
+                fold_models[j].emulator_error = emu_err
+            systematics = estimate_label_systematics(fold_models, flux, ivar, lab, midx, seed=seed, progress=progress)
         best_epochs = [e for f in fold_info for e in f["member_best_epochs"]]
         t_cv = time.perf_counter() - t0
         n_final = int(max(1, np.median(best_epochs)))
@@ -637,6 +650,8 @@ def train_gsn(
         },
         "cv": {**metrics, "folds": fold_info, "kind": "kfold" if folds >= 2 else "holdout"},
     }
+    if systematics is not None:
+        meta["label_systematics"] = systematics
     model = GSN(
         hidden_layers=final_gsn.hidden_layers, W_out=final_gsn.W_out, b_out=final_gsn.b_out,
         activation=final_gsn.activation, emulator_error=emu_err, meta=meta, **template,
@@ -646,6 +661,7 @@ def train_gsn(
         "final_epochs": int(n_final), "folds": fold_info, **metrics,
         "oof_pred": oof, "fold": fold, "flux": flux, "ivar": ivar, "label_values": lab,
         "wavelength": wave, "star": data["star"], "emulator_error": emu_err, "val_mask": val_mask,
+        "label_systematics": systematics,
     }
     if keep_fold_models:
         report["fold_models"] = fold_models

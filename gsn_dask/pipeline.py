@@ -35,9 +35,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import xarray as xr
 
-from . import __version__
 from . import results_store as rs
-from .cube import RESULTS_SCHEMA, open_spectra
+from .cube import open_spectra
 from .model_cache import get_model
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -254,14 +253,7 @@ def run_fit(
     if n_star == 0:
         raise ValueError(f"{cube_path} holds no stars")
     cube_chunk = _cube_chunk_size(cube)
-    config_json = config.to_json()
-    expect = {
-        "schema": RESULTS_SCHEMA,
-        "model_sha256": model.sha256,
-        "seed": int(seed),
-        "sampler": sampler,
-        "fit_config": config_json,
-    }
+    expect = rs.run_identity(model, seed=seed, sampler=sampler, config=config)
 
     if out_path.exists() and not rs.store_exists(out_path):
         if not out_path.is_dir() or any(p.name != rs.LOCK_FILE for p in out_path.iterdir()):
@@ -283,20 +275,8 @@ def run_fit(
             if resume:
                 log.info("nothing to resume at %s: starting a new store", out_path)
             chunk_size = int(chunk_size or cube_chunk)
-            attrs = {
-                **expect,
-                "model_id": model.model_id,
-                "model_dir": str(model_dir),
-                "label_names": list(model.label_names),
-                "input_cube": str(cube_path),
-                "input_normalised": bool(cube.attrs.get("normalised", False)),
-                "engine": engine,
-                "package_version": __version__,
-                "n_walkers": int(config.n_walkers),
-                "n_burn": int(config.n_burn),
-                "n_steps": int(config.n_steps),
-                "created": rs.utc_now(),
-            }
+            attrs = rs.run_attrs(expect, model, model_dir=model_dir, cube_path=cube_path,
+                                 normalised=cube.attrs.get("normalised", False), engine=engine, config=config)
             rs.create_store(
                 out_path, stars, model.label_names, chunk_size=int(chunk_size),
                 n_draws=int(config.n_draws), attrs=attrs, overwrite=overwrite,

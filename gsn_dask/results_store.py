@@ -415,6 +415,59 @@ def failed_rows(
     return ds
 
 
+# -------------------------------------------------------------------------- run attrs
+def run_identity(model: Any, *, seed: int, sampler: str, config: Any) -> dict[str, Any]:
+    """The attrs that identify a fit run (schema, model sha256, seed, sampler, FitConfig JSON, the
+    per-label systematics folded into p16/p84 (JSON, "null" if none)): written into every results
+    store, and what :func:`check_resumable` requires to match."""
+    import json
+
+    from .fit.result import model_label_systematics
+
+    sys_ = model_label_systematics(model, config)
+    return {
+        "schema": RESULTS_SCHEMA,
+        "model_sha256": model.sha256,
+        "seed": int(seed),
+        "sampler": sampler,
+        "fit_config": config.to_json(),
+        "label_systematics": json.dumps(
+            None if sys_ is None else dict(zip(model.label_names, [float(v) for v in sys_]))),
+    }
+
+
+def run_attrs(
+    identity: Mapping[str, Any],
+    model: Any,
+    *,
+    model_dir: str | Path,
+    cube_path: str | Path,
+    normalised: bool,
+    engine: str,
+    config: Any,
+) -> dict[str, Any]:
+    """The attrs of a new results store, the same for every runner (Dask, serial, Spark):
+    ``identity`` (:func:`run_identity`), the model, the input cube (``input_cube``,
+    ``input_normalised``), the engine, the package version, the main sampling settings and
+    the creation time."""
+    from . import __version__
+
+    return {
+        **identity,
+        "model_id": model.model_id,
+        "model_dir": str(model_dir),
+        "label_names": list(model.label_names),
+        "input_cube": str(cube_path),
+        "input_normalised": bool(normalised),
+        "engine": engine,
+        "package_version": __version__,
+        "n_walkers": int(config.n_walkers),
+        "n_burn": int(config.n_burn),
+        "n_steps": int(config.n_steps),
+        "created": utc_now(),
+    }
+
+
 # -------------------------------------------------------------------------- resuming
 def check_resumable(path: str | Path, expect: Mapping[str, Any], stars: Sequence[str] | np.ndarray) -> None:
     """Raise :class:`StoreMismatchError` unless the store at ``path`` was made by the same run:

@@ -685,6 +685,7 @@ def validate(
         "n_selected": int(selected.sum()),
         "thresholds": {lab: float((thresholds or {}).get(lab, DEFAULT_THRESHOLDS.get(lab, np.nan))) for lab in use},
         "use_ref_errors": bool(use_ref_errors),
+        "label_systematics": str(results.attrs.get("label_systematics", "null")),
     }
     matched.attrs.update({k: str(v) for k, v in settings.items()})
     stats, calibration = compute_stats(matched, snr_bins=snr_bins, thresholds=settings["thresholds"])
@@ -886,6 +887,8 @@ def report_markdown(report: ValidationReport, fig_paths: Mapping[str, Sequence[P
         "",
         "A calibrated posterior has about 68% of the reference values inside [p16, p84] and a robust "
         "std of z near 1 (z_tot also includes the reference uncertainty, where the reference has one).",
+        f"Per-label systematics folded into [p16, p84] by the fit (from the model's training CV): "
+        f"{s.get('label_systematics') if s.get('label_systematics') not in (None, 'null') else 'none'}.",
         "",
         _md_table(*_calib_rows(report.calibration)),
         "",

@@ -35,6 +35,8 @@ def _parse_conf(items: list[str]) -> dict[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from gsn_dask.cli.fit import add_fit_options, add_io_arguments, add_store_options
+
     parser = argparse.ArgumentParser(
         prog="python -m spark_compat",
         description="Fit gsn-dask spectra cubes on Apache Spark (same fits, same numbers as the Dask runner).",
@@ -54,9 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("cube", metavar="CUBE", help="spectra cube (zarr), or a Parquet export (gsn-dask export-parquet)")
-    p.add_argument("--model", required=True, metavar="MODEL_DIR", help="trained GSN model directory")
-    p.add_argument("--out", required=True, metavar="RESULTS", help="results cube to write (zarr directory)")
+    add_io_arguments(p, cube_help="spectra cube (zarr), or a Parquet export (gsn-dask export-parquet)")
 
     g = p.add_argument_group("Spark")
     g.add_argument("--master", default=None, metavar="URL",
@@ -74,27 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ui", action="store_true", help="enable the Spark web UI (off by default)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    s = p.add_argument_group("output")
-    s.add_argument("--resume", action="store_true", help="continue an existing RESULTS store: fit only unfinished chunks")
-    s.add_argument("--overwrite", action="store_true", help="replace an existing RESULTS store")
-    s.add_argument("--force-unlock", action="store_true", help="take over the store's lock left by a dead run")
+    s = add_store_options(p)  # the same options as `gsn-dask fit` (cannot drift)
     s.add_argument("--results-parquet", default=None, metavar="DIR",
                    help="also write the results as Parquet (one row per star) to DIR")
-
-    f = p.add_argument_group("sampling (defaults: gsn_dask.fit.config.FitConfig)")
-    f.add_argument("--seed", type=int, default=0, help="run seed (default 0)")
-    f.add_argument("--sampler", choices=("emcee", "batched"), default="emcee", help="emcee (default) or batched")
-    f.add_argument("--walkers", type=int, default=None, metavar="N", help="number of walkers")
-    f.add_argument("--burn", type=int, default=None, metavar="N", help="burn-in steps (discarded)")
-    f.add_argument("--steps", type=int, default=None, metavar="N", help="production steps (minimum)")
-    f.add_argument("--max-steps", type=int, default=None, metavar="N", help="maximum production steps")
-    f.add_argument("--thin", type=int, default=None, metavar="N", help="keep every N-th production step")
-    f.add_argument("--draws", type=int, default=None, metavar="N", help="posterior draws kept per star")
-    f.add_argument("--prior", action="append", default=[], metavar="LABEL=MU,SIGMA",
-                   help="Gaussian prior on a label, e.g. --prior feh=-0.3,0.4 (repeatable)")
-    f.add_argument("--config", default=None, metavar="JSON", help="FitConfig as a JSON file or a JSON string")
-    f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
-                   help="any FitConfig setting, e.g. --set min_good_pixels=300 (repeatable)")
+    add_fit_options(p)
     p.set_defaults(func=run_fit)
     return parser
 
@@ -145,26 +128,10 @@ def run_fit(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import logging
+    from gsn_dask.cli import run_cli
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        return 130
-    except (FileNotFoundError, FileExistsError, ValueError) as exc:  # incl. StoreLockedError, ModelMismatchError
-        if args.verbose >= 2:
-            raise
-        print(f"spark_compat {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+    # run_fit prints its own "interrupted: ... --resume" line before Ctrl-C reaches run_cli
+    return run_cli(build_parser(), argv, name="spark_compat", interrupted=None)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -425,9 +425,8 @@ def fit_cube_spark(
     ``fit_block``; must be importable on executors). Paths must be readable/writable by the
     executors at the same location (local mode, or shared storage on a cluster).
     """
-    from gsn_dask import __version__
     from gsn_dask import results_store as rs
-    from gsn_dask.cube import RESULTS_SCHEMA, open_spectra
+    from gsn_dask.cube import open_spectra
     from gsn_dask.emulator import load_model
     from gsn_dask.fit.config import FitConfig
 
@@ -498,13 +497,7 @@ def fit_cube_spark(
     if n_star == 0:
         raise ValueError(f"{cube_path} holds no stars")
 
-    expect = {
-        "schema": RESULTS_SCHEMA,
-        "model_sha256": model.sha256,
-        "seed": int(seed),
-        "sampler": sampler,
-        "fit_config": config.to_json(),
-    }
+    expect = rs.run_identity(model, seed=seed, sampler=sampler, config=config)
     if out_path.exists() and not rs.store_exists(out_path):
         if not out_path.is_dir() or any(p.name != rs.LOCK_FILE for p in out_path.iterdir()):
             raise FileExistsError(f"{out_path} exists and is not a zarr store: choose another --out")
@@ -522,20 +515,8 @@ def fit_cube_spark(
             if rs.store_exists(out_path) and not overwrite:
                 raise FileExistsError(f"{out_path} exists: use --resume to continue it or --overwrite to replace it")
             chunk_size = int(chunk_size or cube_chunk)
-            attrs = {
-                **expect,
-                "model_id": model.model_id,
-                "model_dir": str(model_path),
-                "label_names": list(model.label_names),
-                "input_cube": str(cube_path),
-                "input_normalised": normalised,
-                "engine": ENGINE,
-                "package_version": __version__,
-                "n_walkers": int(config.n_walkers),
-                "n_burn": int(config.n_burn),
-                "n_steps": int(config.n_steps),
-                "created": rs.utc_now(),
-            }
+            attrs = rs.run_attrs(expect, model, model_dir=model_path, cube_path=cube_path, normalised=normalised,
+                                 engine=ENGINE, config=config)
             rs.create_store(out_path, stars, model.label_names, chunk_size=int(chunk_size),
                             n_draws=int(config.n_draws), attrs=attrs, overwrite=overwrite)
         tasks = chunk_tasks(n_star, int(chunk_size))

@@ -46,8 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def run_cli(
+    parser: argparse.ArgumentParser,
+    argv: list[str] | None = None,
+    *,
+    name: str | None = None,
+    interrupted: str | None = "interrupted",
+) -> int:
+    """Parse ``argv`` with ``parser`` (which has ``-v``/``--verbose`` and subcommands that set
+    ``func``), set up logging (WARNING, -v INFO, -vv DEBUG) and run the subcommand; returns the
+    exit status. No subcommand: help, 2. ``FileNotFoundError``, ``FileExistsError`` and
+    ``ValueError`` (bad input, store in use, model mismatch, ...) become one line
+    ``<name> <command>: error: <message>`` on stderr and exit status 1 (with -vv the traceback
+    instead). Ctrl-C: ``interrupted`` (if any) on stderr, 130. ``name`` defaults to the prog."""
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
@@ -59,14 +70,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = args.func(args)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        if interrupted:
+            print(interrupted, file=sys.stderr)
         return 130
-    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:  # incl. StoreLockedError, ModelMismatchError
         if args.verbose >= 2:
             raise
-        print(f"gsn-dask {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{name or parser.prog} {args.command}: error: {exc}", file=sys.stderr)
         return 1
     return int(rc or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(build_parser(), argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -25,7 +25,7 @@ exit status: 0 every chunk written (individual stars may be flagged), 3 some chu
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..pipeline import ENGINES, SAMPLERS
+    from ..pipeline import ENGINES
 
     p = subparsers.add_parser(
         "fit",
@@ -40,9 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("cube", metavar="CUBE", help="input spectra cube (zarr, from `gsn-dask ingest`)")
-    p.add_argument("--model", required=True, metavar="MODEL_DIR", help="trained GSN model directory")
-    p.add_argument("--out", required=True, metavar="RESULTS", help="results cube to write (zarr directory)")
+    add_io_arguments(p, cube_help="input spectra cube (zarr, from `gsn-dask ingest`)")
 
     g = p.add_argument_group("execution")
     g.add_argument("--engine", choices=ENGINES, default="dask",
@@ -61,14 +59,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     # testing/debugging only: every task sleeps this long before fitting (slow tasks on demand)
     g.add_argument("--debug-task-delay", type=float, default=0.0, help=argparse.SUPPRESS)
 
-    s = p.add_argument_group("output store")
+    add_store_options(p)
+    add_fit_options(p)
+    p.set_defaults(func=run)
+
+
+def add_io_arguments(parser: argparse.ArgumentParser, *, cube_help: str) -> None:
+    """``CUBE``, ``--model MODEL_DIR`` and ``--out RESULTS`` of ``gsn-dask fit`` and
+    ``python -m spark_compat fit``."""
+    parser.add_argument("cube", metavar="CUBE", help=cube_help)
+    parser.add_argument("--model", required=True, metavar="MODEL_DIR", help="trained GSN model directory")
+    parser.add_argument("--out", required=True, metavar="RESULTS", help="results cube to write (zarr directory)")
+
+
+def add_store_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The results-store options (``--resume``, ``--overwrite``, ``--force-unlock``) of
+    ``gsn-dask fit`` and ``python -m spark_compat fit``; returns the group (for more options)."""
+    s = parser.add_argument_group("output store")
     s.add_argument("--resume", action="store_true",
                    help="continue RESULTS from an interrupted run: fit only chunks not yet written")
     s.add_argument("--overwrite", action="store_true", help="replace an existing RESULTS store")
     s.add_argument("--force-unlock", action="store_true",
                    help="take over RESULTS' lock even if another run seems to hold it (only if that run is dead)")
+    return s
 
-    f = p.add_argument_group("sampling (defaults: gsn_dask.fit.config.FitConfig)")
+
+def add_fit_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The sampling options (``--seed``, ``--sampler``, ``--walkers`` ... ``--config``, ``--set``)
+    that :func:`build_config` reads, shared by ``gsn-dask fit`` and ``python -m spark_compat fit``."""
+    from ..pipeline import SAMPLERS
+
+    f = parser.add_argument_group("sampling (defaults: gsn_dask.fit.config.FitConfig)")
     f.add_argument("--seed", type=int, default=0, help="run seed (default 0)")
     f.add_argument("--sampler", choices=SAMPLERS, default="emcee", help="emcee (default) or batched")
     f.add_argument("--walkers", type=int, default=None, metavar="N", help="number of walkers")
@@ -85,7 +106,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="FitConfig settings: a JSON file or a JSON string (options above override it)")
     f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
                    help="any FitConfig setting, e.g. --set min_good_pixels=300 (repeatable)")
-    p.set_defaults(func=run)
+    return f
 
 
 def parse_prior(text: str) -> tuple[str, tuple[float, float]]:

@@ -45,6 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--label-range", nargs=3, action="append", default=None, metavar=("NAME", "LO", "HI"),
                    help="train only on stars with LO <= label NAME <= HI (repeatable)")
     p.add_argument("--mask-telluric", action="store_true", help="give telluric pixels zero weight in training")
+    p.add_argument("--no-label-systematics", action="store_true",
+                   help="skip the CV fits that measure each label's systematic error (the fit then reports "
+                        "purely statistical intervals for this model)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model in MODEL_DIR")
     p.add_argument("--no-figure", action="store_true", help="skip diagnostics.png")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -84,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         wavelength_range=tuple(args.wave_range) if args.wave_range else None,
         label_ranges=label_ranges,
         mask_telluric=args.mask_telluric,
+        label_systematics=not args.no_label_systematics,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
     model.meta["training"]["cube_path"] = str(Path(args.train_cube).resolve())
@@ -105,6 +109,9 @@ def run(args: argparse.Namespace) -> int:
         "noise_per_pixel_median": round(rep["noise_per_pixel_median"], 5),
         "emulator_error_median": round(rep["emulator_error_median"], 5),
         "final_epochs": rep["final_epochs"],
+        "label_systematics": ({k: (round(v, 4) if v is not None else None)
+                               for k, v in rep["label_systematics"]["sigma"].items()}
+                              if rep.get("label_systematics") else None),
         "train_time_s": round(rep["train_time_s"], 1),
         "diagnostics": str(fig) if fig else None,
     }

@@ -87,7 +87,7 @@ import torch
 from ..flags import Flag
 from .config import FitConfig
 from .posterior import C_KMS, SpectrumPosterior
-from .result import empty_result, input_problem, result_flags
+from .result import empty_result, input_problem, model_label_systematics, result_flags, widen_intervals
 
 Tensor = torch.Tensor
 
@@ -496,6 +496,11 @@ class BatchedPosterior:
         self.lo, self.hi, self.n_used, self.step = p0.lo, p0.hi, p0.n_used, p0.step
         self.n_cont = p0.n_cont
         self.pairs = list(p0._pairs)
+        k = self.n_cont
+        pair_of = np.zeros((k, k), dtype=np.int64)  # G[j, kk] = gp[pair_of[j, kk]] (symmetric)
+        for p, (j, kk) in enumerate(self.pairs):
+            pair_of[j, kk] = pair_of[kk, j] = p
+        self.pair_of = torch.as_tensor(pair_of.reshape(-1), device=dev)
         T = torch.as_tensor(p0.T, dtype=f64, device=dev)
         TT = torch.stack([T[:, j] * T[:, k] for j, k in self.pairs], dim=1)
         self.T, self.TT = T, TT
@@ -578,14 +583,11 @@ class BatchedPosterior:
     def normal_equations(self, ms: Tensor) -> tuple[Tensor, Tensor]:
         """G (S, N, k, k) and b (S, N, k) of the continuum least squares, float64, for shifted
         spectra ms (S, N, n_used)."""
-        b = (ms * self.wf[:, None, :]) @ self.T  # float32 * float64 -> float64, exact products
-        gp = ((ms * self.w[:, None, :]).mul_(ms)) @ self.TT
+        md = ms.to(torch.float64)  # once (a float32 * float64 product would convert ms each time)
+        b = (md * self.wf[:, None, :]) @ self.T  # exact products, float64 sums
+        gp = (md * self.w[:, None, :]).mul_(md) @ self.TT
         k = self.n_cont
-        G = torch.empty((*ms.shape[:2], k, k), dtype=torch.float64, device=ms.device)
-        for p, (j, kk) in enumerate(self.pairs):
-            G[..., j, kk] = gp[..., p]
-            G[..., kk, j] = gp[..., p]
-        return G, b
+        return gp[..., self.pair_of].reshape(*gp.shape[:-1], k, k), b
 
     @staticmethod
     def solve(G: Tensor, b: Tensor) -> Tensor:
@@ -1369,7 +1371,7 @@ class _Pool:
         if extend.any():
             e = hs[extend]
             want = np.ceil(1.1 * cfg.tau_factor * tmax[extend]).astype(np.int64) - n_prod[extend]
-            extra = np.minimum(np.maximum(want, 50), max_steps - n_prod[extend])
+            extra = np.minimum(np.maximum(want, 20), max_steps - n_prod[extend])  # as fit_spectrum
             et = torch.as_tensor(e, device=self.dev)
             self.target[et] = self.n_prod[et] + torch.as_tensor(extra, device=self.dev)
         done = hs[~extend]
@@ -1506,7 +1508,7 @@ def _finalise(stack: SpectraStack, i: int, res: dict[str, Any], snr: float, seed
         out["param_names"] = list(tpl.param_names)
     else:
         out.pop("tau", None)
-    return out
+    return widen_intervals(out, model_label_systematics(tpl.model, cfg))
 
 
 def _input_problems(flux: np.ndarray, ivar: np.ndarray, n_pix: int) -> list[str | None]:

@@ -22,6 +22,11 @@ S/N 30, 3 labels + rv; see ``benchmarks/results/fit.json``):
   NOT_CONVERGED). Typical: n_eff ~ 500 per parameter, all stars >= 50 tau.
 * ``n_coarse = 1024``, ``n_starts = 3``: the coarse set costs one emulator call per model
   (cached); the cross-correlation over all of it ~5 ms per star.
+* ``label_systematics = True``: the posterior describes the noise and the (diagonal) emulator
+  error only; on real stars the emulator's label scale has its own error, which the training
+  cross-validation measures per label (``model.json`` ``label_systematics``). It is added in
+  quadrature to each side of the 68% interval (:func:`gsn_dask.fit.result.widen_intervals`);
+  the medians and MAP do not change. Off: purely statistical intervals.
 """
 from __future__ import annotations
 
@@ -54,6 +59,8 @@ class FitConfig:
     mask_telluric: bool = True  # give telluric bands zero weight
     # ---- priors: {label: (mu, sigma)} Gaussian, on top of the uniform training-range prior
     priors: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # ---- calibration: fold the model's per-label systematics (from its training CV) into p16/p84
+    label_systematics: bool = True
     # ---- MAP start
     n_coarse: int = 1024  # quasi-random (Sobol) label vectors of the coarse search
     n_starts: int = 3  # distinct coarse optima refined by the bounded optimiser
@@ -95,6 +102,8 @@ class FitConfig:
         for k, (mu, sig) in self.priors.items():
             if not (math.isfinite(mu) and math.isfinite(sig) and sig > 0):
                 raise bad(f"prior for {k!r} must be (mu, sigma) with finite mu and sigma > 0, got {(mu, sig)}")
+        if not isinstance(self.label_systematics, bool):
+            raise bad(f"label_systematics must be true or false, got {self.label_systematics!r}")
         if self.blas_threads is not None and self.blas_threads < 1:
             raise bad("blas_threads must be None or >= 1")
 

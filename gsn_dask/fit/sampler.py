@@ -9,7 +9,8 @@ Steps (see :mod:`.posterior` for the math and :mod:`.start` for the MAP):
 4. ``emcee.EnsembleSampler(vectorize=True)`` burn-in; the independence proposal (if used) is
    re-fitted to the burn-in after its first 10 steps; production of ``n_steps``, extended while it is
    shorter than ``tau_factor`` autocorrelation times (up to ``max_steps``);
-5. summaries, diagnostics and flags.
+5. summaries, diagnostics and flags; the model's per-label systematics (if any) are folded into
+   p16/p84 (:func:`.result.widen_intervals`).
 
 Randomness: emcee's moves draw from a ``RandomState`` seeded with ``seed`` (``seeds.random_state``),
 the walker start from ``seeds.generator(seed, 1)``; the same seed gives bitwise-identical
@@ -27,7 +28,7 @@ from ..flags import Flag
 from .config import FitConfig
 from .diagnostics import autocorr_time
 from .posterior import SpectrumPosterior
-from .result import RESULT_KEYS, empty_result, input_problem, result_flags
+from .result import RESULT_KEYS, empty_result, input_problem, model_label_systematics, result_flags, widen_intervals
 from .seeds import generator, random_state
 from .start import find_map
 from .threads import blas_threads
@@ -243,6 +244,7 @@ def _fit_spectrum(model, flux, ivar, *, cfg: FitConfig, seed: int, snr: float, p
         "rv_map": float(theta_map[L]),
         "n_eval": post.n_eval,
     }
+    widen_intervals(res, model_label_systematics(model, cfg))
     if return_chain:
         res.update(
             chain=sampler.get_chain(),

@@ -522,6 +522,33 @@ def build_training_cube(
     return BuildResult(out, n_input, n_written, skipped, ranges, elapsed, task_s, task_cpu)
 
 
+def library_attrs(
+    source: str,
+    *,
+    version: str,
+    archive: str,
+    resolution: str,
+    medium: str,
+    air_to_vacuum: str,
+    n_files: int,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The provenance attrs of a stellar-library training cube (``attrs`` of
+    :func:`build_training_cube`): ``source``, ``source_version``, ``source_archive``,
+    ``source_resolution``, ``source_medium`` ("air" or "vacuum"), ``air_to_vacuum`` (the
+    conversion applied), ``n_library_files``, then the library's own ``extra`` attrs."""
+    return {
+        "source": source,
+        "source_version": version,
+        "source_archive": archive,
+        "source_resolution": resolution,
+        "source_medium": medium,
+        "air_to_vacuum": air_to_vacuum,
+        "n_library_files": n_files,
+        **extra,
+    }
+
+
 def _update_store_attrs(path: Path, attrs: Mapping[str, Any]) -> None:
     """Set dataset attrs of a zarr store in place."""
     import zarr
@@ -606,16 +633,16 @@ def build_phoenix_cube(
     wave = phoenix.read_wavelength(root)
     grid = cube_wavelength(float(wave[0]), float(wave[-1]), cfg)
     r_src = phoenix.phoenix_source_resolution(float(grid[0]), float(grid[-1]), wavelength=wave)
-    attrs = {
-        "source": phoenix.GRID_NAME,
-        "source_version": f"{phoenix.GRID_NAME} HiRes (Husser et al. 2013, A&A 553, A6)",
-        "source_archive": str(root),
-        "source_resolution": f"synthetic; sampling R >= {r_src:.0f} in the cube range",
-        "source_medium": "vacuum",
-        "air_to_vacuum": "none (PHOENIX wavelengths are in vacuum)",
-        "label_selection": json.dumps({"teff": teff, "logg": logg, "feh": feh, "alpha_fe": alpha_fe}, default=str),
-        "n_library_files": len(files),
-    }
+    attrs = library_attrs(
+        phoenix.GRID_NAME,
+        version=f"{phoenix.GRID_NAME} HiRes (Husser et al. 2013, A&A 553, A6)",
+        archive=str(root),
+        resolution=f"synthetic; sampling R >= {r_src:.0f} in the cube range",
+        medium="vacuum",
+        air_to_vacuum="none (PHOENIX wavelengths are in vacuum)",
+        n_files=len(files),
+        label_selection=json.dumps({"teff": teff, "logg": logg, "feh": feh, "alpha_fe": alpha_fe}, default=str),
+    )
     return build_training_cube(
         [str(f) for f in files],
         out,

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from . import prepare as P
-from .build import BuildResult, PrepareConfig, SourceSpectrum, build_training_cube, cube_wavelength
+from .build import BuildResult, PrepareConfig, SourceSpectrum, build_training_cube, cube_wavelength, library_attrs
 
 log = logging.getLogger(__name__)
 
@@ -424,21 +424,21 @@ def build_miles_cube(
         entries = [e for e in entries if e.star in wanted]
     lo, hi = MILES_COVERAGE_AIR_AA
     wave = cube_wavelength(float(P.air_to_vacuum(np.array(lo))), float(P.air_to_vacuum(np.array(hi))), cfg)
-    attrs = {
-        "source": "MILES",
-        "source_version": MILES_VERSION,
-        "source_archive": f"{archive.label}" + (f" (sha256 {MILES_WHEEL_SHA256})" if archive.is_wheel else " (directory)"),
-        "source_license": "MILES: free for scientific use (miles.iac.es); sdss-mangadap wheel: BSD 3-Clause",
-        "source_resolution": f"FWHM {MILES_FWHM_AA} A (air), constant in wavelength",
-        "source_medium": "air",
-        "air_to_vacuum": P.AIR_TO_VACUUM_FORMULA,
-        "label_source": f"{MILES_PARAMS_DB} (cross-checked with {MILES_PARAMS_TXT}); Cenarro et al. 2007",
-        "n_library_files": cat.n_files,
-        "n_unlabelled": len(cat.unlabelled),
-        "unlabelled": ",".join(cat.unlabelled),
-        "omitted": ",".join(cat.omitted),
-        "id_fixes": ",".join(f"{k}->m{v}" for k, v in cat.id_fixes.items()),
-    }
+    attrs = library_attrs(
+        "MILES",
+        version=MILES_VERSION,
+        archive=f"{archive.label}" + (f" (sha256 {MILES_WHEEL_SHA256})" if archive.is_wheel else " (directory)"),
+        resolution=f"FWHM {MILES_FWHM_AA} A (air), constant in wavelength",
+        medium="air",
+        air_to_vacuum=P.AIR_TO_VACUUM_FORMULA,
+        n_files=cat.n_files,
+        source_license="MILES: free for scientific use (miles.iac.es); sdss-mangadap wheel: BSD 3-Clause",
+        label_source=f"{MILES_PARAMS_DB} (cross-checked with {MILES_PARAMS_TXT}); Cenarro et al. 2007",
+        n_unlabelled=len(cat.unlabelled),
+        unlabelled=",".join(cat.unlabelled),
+        omitted=",".join(cat.omitted),
+        id_fixes=",".join(f"{k}->m{v}" for k, v in cat.id_fixes.items()),
+    )
     log.info("MILES: building %d stars onto %d px (%.1f-%.1f A)", len(entries), wave.size, wave[0], wave[-1])
     return build_training_cube(
         entries,

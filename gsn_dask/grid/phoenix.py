@@ -251,6 +251,20 @@ def _nodes_in(name: str, rng: tuple[float, float] | None) -> list[float]:
     return sel
 
 
+def _select(
+    teff: LabelRange, logg: LabelRange, feh: LabelRange, alpha_fe: LabelRange
+) -> tuple[dict[str, tuple[float, float] | None], dict[str, list[float]]]:
+    """The label selection, checked: ``(ranges, nodes)``, per label (in :data:`LABELS` order) its
+    ``(low, high)`` range (None = any) and the grid nodes inside it. Raises
+    :class:`PhoenixGridError` for a malformed range or a range that holds no grid node."""
+    ranges: dict[str, tuple[float, float] | None] = {}
+    nodes: dict[str, list[float]] = {}
+    for name, value in zip(LABELS, (teff, logg, feh, alpha_fe)):
+        ranges[name] = _as_range(name, value)
+        nodes[name] = _nodes_in(name, ranges[name])
+    return ranges, nodes
+
+
 def alpha_available(teff: float, feh: float) -> bool:
     """Whether the grid has [alpha/Fe] != 0 models at this Teff (K) and [Fe/H] (dex)."""
     return (ALPHA_TEFF_RANGE[0] <= teff <= ALPHA_TEFF_RANGE[1]) and (ALPHA_FEH_RANGE[0] <= feh <= ALPHA_FEH_RANGE[1])
@@ -262,8 +276,7 @@ def check_grid_point(teff: float, logg: float, feh: float, alpha_fe: float = 0.0
     Note: the real grid has holes (some hot, low-gravity models were never computed); those
     show up as HTTP 404 in :func:`download_grid`, not here.
     """
-    for name, v in zip(LABELS, (teff, logg, feh, alpha_fe)):
-        _nodes_in(name, (float(v), float(v)))
+    _select(float(teff), float(logg), float(feh), float(alpha_fe))
     if _clean(alpha_fe, 2) != 0.0 and not alpha_available(float(teff), float(feh)):
         raise PhoenixGridError(
             f"[alpha/Fe] = {alpha_fe:+.2f} at Teff = {teff:g} K, [Fe/H] = {feh:+.1f}: PHOENIX has [alpha/Fe] != 0 "
@@ -287,7 +300,7 @@ def grid_points(
     ([Fe/H], [alpha/Fe]), then Teff, log g. Raises :class:`PhoenixGridError` when a range
     holds no node or the selection is empty.
     """
-    sel = {name: _nodes_in(name, _as_range(name, val)) for name, val in zip(LABELS, (teff, logg, feh, alpha_fe))}
+    _, sel = _select(teff, logg, feh, alpha_fe)
     out = []
     for f, a, t, g in itertools.product(sel["feh"], sel["alpha_fe"], sel["teff"], sel["logg"]):
         if a != 0.0 and not alpha_available(t, f):
@@ -454,9 +467,7 @@ def list_grid(
     follow the naming scheme are ignored; ``*.part`` downloads are never listed.
     """
     root = _grid_root(root)
-    ranges = {name: _as_range(name, val) for name, val in zip(LABELS, (teff, logg, feh, alpha_fe))}
-    for name, rng in ranges.items():
-        _nodes_in(name, rng)  # clear error for a range outside the grid
+    ranges, _ = _select(teff, logg, feh, alpha_fe)  # clear error for a range outside the grid
     found: dict[tuple[float, ...], Path] = {}
     for path in root.rglob(f"lte*{FILENAME_SUFFIX}"):
         if not path.is_file():

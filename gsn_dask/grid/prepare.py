@@ -277,21 +277,30 @@ def degrade_resolution(
 
 
 # ------------------------------------------------------------------ resampling
-def pixel_edges(wave: np.ndarray) -> np.ndarray:
+def pixel_edges(wave: np.ndarray, *, via_log10: bool = False) -> np.ndarray:
     """Pixel edges (n_pix + 1) for pixel centres ``wave``: geometric midpoints between
-    centres (exact for log-linear grids), the outer edges mirrored."""
+    centres (exact for log-linear grids), the outer edges mirrored. ``via_log10``: the same
+    edges computed as ``10 ** midpoints of log10(wave)`` (other rounding; the LAMOST ingest's
+    arithmetic, kept so that its output does not change)."""
     w = np.asarray(wave, dtype=np.float64)
     if w.ndim != 1 or w.size < 2 or not np.all(np.diff(w) > 0) or w[0] <= 0:
         raise ValueError("wavelength grid must be 1-D, positive and strictly increasing")
+    if via_log10:
+        x = np.log10(w)
+        mid = 0.5 * (x[1:] + x[:-1])
+        return 10.0 ** np.concatenate([[x[0] - (mid[0] - x[0])], mid, [x[-1] + (x[-1] - mid[-1])]])
     mid = np.sqrt(w[1:] * w[:-1])
     return np.concatenate([[w[0] ** 2 / mid[0]], mid, [w[-1] ** 2 / mid[-1]]])
 
 
-def rebin_matrix(wave_in: np.ndarray, wave_out: np.ndarray) -> tuple[scipy.sparse.csr_matrix, np.ndarray]:
+def rebin_matrix(
+    wave_in: np.ndarray, wave_out: np.ndarray, *, via_log10: bool = False
+) -> tuple[scipy.sparse.csr_matrix, np.ndarray]:
     """Sparse (n_out, n_in) matrix ``W`` with ``W[k, i]`` = overlap of input pixel i with output
     pixel k divided by the width of k, so ``W @ f`` is the flux-conserving rebinning of a
-    piecewise-constant flux density; also the covered fraction of each output pixel."""
-    ein, eout = pixel_edges(wave_in), pixel_edges(wave_out)
+    piecewise-constant flux density; also the covered fraction of each output pixel.
+    ``via_log10``: see :func:`pixel_edges`."""
+    ein, eout = pixel_edges(wave_in, via_log10=via_log10), pixel_edges(wave_out, via_log10=via_log10)
     n_in, n_out = ein.size - 1, eout.size - 1
     lo, hi = max(ein[0], eout[0]), min(ein[-1], eout[-1])
     dout = np.diff(eout)
@@ -316,6 +325,9 @@ def resample_flux_conserving(
     ivar_in: np.ndarray | None = None,
     *,
     fill: float = np.nan,
+    masked_flux: bool = False,
+    partial_flux: bool = False,
+    via_log10: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Flux-conserving rebinning of ``flux_in`` (flux density, e.g. erg/s/cm2/A, per pixel
     centre ``wave_in``) onto pixel centres ``wave_out``; ``(n_pix,)`` or ``(n_star, n_pix)``.
@@ -327,6 +339,13 @@ def resample_flux_conserving(
     get ``flux = fill`` (NaN) and ``ivar = 0``; output pixels touching a bad input pixel
     (ivar 0 or non-finite flux) get ``ivar = 0`` and the mean of the good inputs (``fill`` if
     none). Without ``ivar_in`` the returned ivar is 1 where fully covered and 0 elsewhere.
+
+    Options (for observed spectra whose masked pixels keep a usable flux, e.g. LAMOST ingest):
+    ``masked_flux=True``: the output flux is the mean of every *finite* input, whatever its
+    ivar (ivar still marks output pixels touching a bad input with 0); ``partial_flux=True``:
+    output pixels only partly covered by the input get the mean over the covered part (ivar 0)
+    instead of ``fill``; ``fill`` stays for pixels with no (finite) input at all;
+    ``via_log10``: pixel edges computed in log10 (see :func:`pixel_edges`).
     """
     wave_in = np.asarray(wave_in, dtype=np.float64)
     wave_out = np.asarray(wave_out, dtype=np.float64)
@@ -341,9 +360,9 @@ def resample_flux_conserving(
     else:
         iv2 = np.broadcast_to(np.atleast_2d(np.asarray(ivar_in, dtype=np.float64)), f2.shape)
         good = np.isfinite(f2) & (iv2 > 0) & np.isfinite(iv2)
-    if iv2 is None and bool(good.all()):
+    if iv2 is None and bool(good.all()) and not partial_flux:
         # fast path (no ivar, no bad pixels): exact cumulative-integral rebinning, O(n)
-        ein, eout = pixel_edges(wave_in), pixel_edges(wave_out)
+        ein, eout = pixel_edges(wave_in, via_log10=via_log10), pixel_edges(wave_out, via_log10=via_log10)
         full = (eout[:-1] >= ein[0] - 1e-9 * ein[0]) & (eout[1:] <= ein[-1] + 1e-9 * ein[-1])
         cum = np.concatenate([np.zeros((f2.shape[0], 1)), np.cumsum(f2 * np.diff(ein), axis=-1)], axis=-1)
         e = np.clip(eout, ein[0], ein[-1])
@@ -354,13 +373,14 @@ def resample_flux_conserving(
         ivar_out = np.broadcast_to(full.astype(np.float64), flux_out.shape).copy()
         flux_out = np.where(full[None, :], flux_out, fill)
         return (flux_out[0], ivar_out[0]) if one_d else (flux_out, ivar_out)
-    mat, covered = rebin_matrix(wave_in, wave_out)
+    mat, covered = rebin_matrix(wave_in, wave_out, via_log10=via_log10)
     full = covered >= 1.0 - 1e-9
-    f_clean = np.where(good, f2, 0.0)
     wsum_good = (mat @ good.T.astype(np.float64)).T
-    num = (mat @ f_clean.T).T
+    use = np.isfinite(f2) if masked_flux else good  # the inputs averaged into the output flux
+    wsum_use = wsum_good if use is good else (mat @ use.T.astype(np.float64)).T
+    num = (mat @ np.where(use, f2, 0.0).T).T
     with np.errstate(invalid="ignore", divide="ignore"):
-        flux_out = np.where(wsum_good > 0, num / wsum_good, fill)
+        flux_out = np.where(wsum_use > 0, num / wsum_use, fill)
     all_good = full[None, :] & (wsum_good >= covered[None, :] - 1e-9)
     if iv2 is None:
         ivar_out = all_good.astype(np.float64)
@@ -370,7 +390,8 @@ def resample_flux_conserving(
         var_out = (mat.multiply(mat) @ var_in.T).T
         with np.errstate(divide="ignore"):
             ivar_out = np.where(all_good & (var_out > 0), 1.0 / np.where(var_out > 0, var_out, 1.0), 0.0)
-    flux_out = np.where(full[None, :], flux_out, fill)
+    if not partial_flux:
+        flux_out = np.where(full[None, :], flux_out, fill)
     if one_d:
         return flux_out[0], ivar_out[0]
     return flux_out, ivar_out

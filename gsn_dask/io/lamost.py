@@ -646,65 +646,31 @@ def grid_offset(native: NativeSpectrum, grid: TargetGrid) -> int | None:
     return int(round(a))
 
 
-def pixel_edges_log10(log10_wave: np.ndarray) -> np.ndarray:
-    """Pixel edges (n + 1) in log10 lambda: midpoints between centres, ends extrapolated."""
-    x = np.asarray(log10_wave, dtype=np.float64)
-    mid = 0.5 * (x[1:] + x[:-1])
-    return np.concatenate([[x[0] - (mid[0] - x[0])], mid, [x[-1] + (x[-1] - mid[-1])]])
-
-
 def resample_flux_conserving(
     wave_in: np.ndarray,
     flux_in: np.ndarray,
     wave_out: np.ndarray,
     ivar_in: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Rebin a 1-D flux density (per Angstrom) from pixel centres ``wave_in`` to ``wave_out``
-    (Angstrom), conserving the flux integral: each output pixel gets the wavelength-weighted
-    mean density of the input pixels overlapping it; ``var_out = sum_i w_i^2 / ivar_i``.
+    """Rebin a 1-D flux density (per Angstrom) from pixel centres ``wave_in`` (any order) to
+    ``wave_out`` (Angstrom), conserving the flux integral, with the ingest's rules: the
+    flux-conserving rebinning of :func:`gsn_dask.grid.prepare.resample_flux_conserving`
+    (``var_out = sum_i w_i^2 / ivar_i``), where output pixels not fully covered by the input, or
+    touched by a bad input pixel (ivar <= 0 or non-finite), get ivar 0, and their flux is the
+    weighted mean of the finite inputs, masked or not (0 where not covered at all).
 
-    Returns float64 ``(flux_out, ivar_out)``. Output pixels not fully covered by the input, or
-    touched by a bad input pixel (ivar <= 0 or non-finite), get ivar 0; their flux is the
-    weighted mean of the finite inputs (0 where not covered at all).
+    Returns float64 ``(flux_out, ivar_out)``; without ``ivar_in`` every input has ivar 1.
     """
+    from ..grid.prepare import resample_flux_conserving as rebin
+
     wi = np.asarray(wave_in, dtype=np.float64)
-    wo = np.asarray(wave_out, dtype=np.float64)
     f = np.asarray(flux_in, dtype=np.float64)
     iv = np.ones_like(f) if ivar_in is None else np.asarray(ivar_in, dtype=np.float64)
-    if wi.size < 2 or f.shape != wi.shape or iv.shape != wi.shape:
+    if wi.ndim != 1 or wi.size < 2 or f.shape != wi.shape or iv.shape != wi.shape:
         raise ValueError("wave_in, flux_in and ivar_in must be 1-D arrays of the same length (>= 2)")
     order = np.argsort(wi)
-    wi, f, iv = wi[order], f[order], iv[order]
-    ein = 10.0 ** pixel_edges_log10(np.log10(wi))
-    eout = 10.0 ** pixel_edges_log10(np.log10(wo))
-    lo, hi = eout[:-1], eout[1:]
-    # input pixels j overlapping output pixel k: ein[j] < hi[k] and ein[j+1] > lo[k]
-    j0 = np.clip(np.searchsorted(ein, lo, side="right") - 1, 0, wi.size - 1)
-    j1 = np.clip(np.searchsorted(ein, hi, side="left") - 1, 0, wi.size - 1)
-    counts = np.maximum(j1 - j0 + 1, 0)
-    k = np.repeat(np.arange(wo.size), counts)
-    start = np.repeat(np.cumsum(counts) - counts, counts)
-    j = j0[k] + (np.arange(k.size) - start)
-    overlap = np.clip(np.minimum(hi[k], ein[j + 1]) - np.maximum(lo[k], ein[j]), 0.0, None)
-    width = hi - lo
-    w = overlap / width[k]
-    w[w < 1e-9] = 0.0
-    good_in = np.isfinite(f) & np.isfinite(iv) & (iv > 0)
-    f_fin = np.where(np.isfinite(f), f, 0.0)
-    fin = np.isfinite(f).astype(np.float64)
-    n_out = wo.size
-    wsum = np.bincount(k, weights=w, minlength=n_out)
-    wsum_fin = np.bincount(k, weights=w * fin[j], minlength=n_out)
-    num = np.bincount(k, weights=w * f_fin[j], minlength=n_out)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        var_in = np.where(good_in, 1.0 / np.where(good_in, iv, 1.0), 0.0)
-        var_out = np.bincount(k, weights=w * w * var_in[j], minlength=n_out)
-        bad_touch = np.bincount(k, weights=(w > 0) * (~good_in[j]), minlength=n_out) > 0
-        flux_out = np.where(wsum_fin > 0, num / np.where(wsum_fin > 0, wsum_fin, 1.0), 0.0)
-        covered = (lo >= ein[0]) & (hi <= ein[-1]) & (np.abs(wsum - 1.0) < 1e-6)
-        ok = covered & ~bad_touch & (var_out > 0)
-        ivar_out = np.where(ok, 1.0 / np.where(ok, var_out, 1.0), 0.0)
-    return flux_out, ivar_out
+    return rebin(wi[order], f[order], wave_out, iv[order], fill=0.0, masked_flux=True, partial_flux=True,
+                 via_log10=True)
 
 
 def to_grid(native: NativeSpectrum, grid: TargetGrid) -> tuple[np.ndarray, np.ndarray, bool, float]:

@@ -178,6 +178,32 @@ def test_resample_bad_input_pixel_zeroes_ivar() -> None:
     assert (ivo == 0).sum() <= 4
 
 
+def test_resample_masked_and_partial_flux_options() -> None:
+    """masked_flux / partial_flux (LAMOST ingest) change only the flux of masked or partly
+    covered output pixels; via_log10 changes the edges only by rounding."""
+    w_in = np.linspace(5000, 5100, 1001)
+    w_out = log_lambda_grid(4990, 5095)
+    f = np.ones_like(w_in)
+    iv = np.ones_like(w_in)
+    f[500], iv[500] = 5.0, 0.0  # a masked pixel with a finite flux
+    fo, ivo = P.resample_flux_conserving(w_in, f, w_out, iv)
+    fm, ivm = P.resample_flux_conserving(w_in, f, w_out, iv, fill=0.0, masked_flux=True, partial_flux=True)
+    np.testing.assert_array_equal(ivo, ivm)
+    k = np.argmin(np.abs(w_out - w_in[500]))
+    assert ivo[k] == 0 and fo[k] == pytest.approx(1.0) and fm[k] > 1.0
+    inside = ivo > 0
+    np.testing.assert_array_equal(fo[inside], fm[inside])
+    not_full = ~np.isfinite(fo)  # not fully covered: fill by default
+    assert not_full[0] and not not_full[-1]
+    # with partial_flux: 0 (fill) where not covered at all, else the mean over the covered part
+    assert np.all((fm[not_full] == 0.0) | np.isclose(fm[not_full], 1.0))
+    assert fm[0] == 0.0 and np.isclose(fm[not_full], 1.0).sum() == 1
+    fl, ivl = P.resample_flux_conserving(w_in, f, w_out, iv, via_log10=True)
+    np.testing.assert_allclose(fl, fo, rtol=1e-9)
+    np.testing.assert_allclose(ivl, ivo, rtol=1e-9)
+    np.testing.assert_allclose(P.pixel_edges(w_in, via_log10=True), P.pixel_edges(w_in), rtol=1e-13)
+
+
 def test_resample_1d_2d_agree() -> None:
     rng = np.random.default_rng(4)
     w_in = np.linspace(4000, 4100, 500)

@@ -1,0 +1,90 @@
+"""Helpers shared by the runner benchmarks (``benchmarks/pipeline.py``, ``benchmarks/spark.py``):
+the model and the spectra cube they fit, the bare fitting loop they compare against, and the
+Dask LocalCluster start. Imported as ``_common`` (the scripts run as ``python benchmarks/X.py``,
+which puts ``benchmarks/`` first on ``sys.path``)."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+MILES_MODEL = Path("/work/cache/miles_model")
+
+
+def saved_model(*dirs: Path) -> Path | None:
+    """The first of ``dirs`` that holds a saved GSN model (``model.json``), or None."""
+    for d in dirs:
+        if (d / "model.json").exists():
+            return d
+    return None
+
+
+def save_toy_model(workdir: Path, tiny: bool) -> tuple[Path, str]:
+    """Save the toy GSN of ``gsn_dask.fit.testing`` under ``workdir/model``: the tests' tiny one
+    (3 x 32 hidden, 669 px) or the full-size one (3 x 256 hidden, LAMOST 3750-8900 A).
+    Returns (model dir, description)."""
+    from gsn_dask.cube import log_lambda_grid
+    from gsn_dask.fit.testing import toy_model
+
+    if tiny:
+        model = toy_model(hidden=(32, 32, 32), wavelength=log_lambda_grid(4800.0, 5600.0), n_train=800, seed=0)
+        what = "tiny toy GSN 3x32 hidden, 4800-5600 A (669 px)"
+    else:
+        model, what = toy_model(seed=0), "toy GSN 3x256 hidden, LAMOST 3750-8900 A"
+    d = workdir / "model"
+    model.save(d)
+    return d, what
+
+
+def build_cube(model_dir: Path, path: Path, n_star: int, chunk_size: int, seed: int = 1) -> None:
+    """A normalised spectra cube of ``n_star`` spectra drawn from the model (labels uniform in the
+    middle 80% of its bounds, S/N 20-80, rv ~ N(0, 30) km/s), ``chunk_size`` stars per zarr chunk."""
+    from gsn_dask.cube import make_spectra, write_spectra
+    from gsn_dask.emulator import load_model
+    from gsn_dask.fit.testing import noisy_spectrum
+
+    model = load_model(model_dir)
+    rng = np.random.default_rng(seed)
+    lo, hi = model.bounds[:, 0], model.bounds[:, 1]
+    truth = lo + (hi - lo) * (0.1 + 0.8 * rng.random((n_star, model.n_label)))
+    snr = rng.uniform(20.0, 80.0, n_star)
+    flux = np.empty((n_star, model.n_pix), np.float32)
+    ivar = np.empty_like(flux)
+    for i in range(n_star):
+        flux[i], ivar[i] = noisy_spectrum(model, truth[i], snr=float(snr[i]), rv=float(rng.normal(0, 30)), rng=rng)
+    ds = make_spectra([f"bench-{i:05d}" for i in range(n_star)], model.wavelength, flux, ivar, snr=snr,
+                      labels={n: truth[:, j] for j, n in enumerate(model.label_names)}, normalised=True)
+    write_spectra(ds, path, chunk_size=chunk_size)
+
+
+def fit_chunks(cube: Path, model, config, seed: int, n_star: int, chunk_size: int,
+               t0: float | None = None) -> tuple[list, float | None]:
+    """The bare fitting loop, in this process: read each chunk of ``cube``, ``fit_block`` it (no
+    store, no engine). Returns the per-chunk results and, given ``t0`` (``time.perf_counter()``),
+    the seconds from ``t0`` to the first chunk fitted."""
+    from gsn_dask.fit.block import fit_block
+    from gsn_dask.pipeline import read_block
+    from gsn_dask.results_store import chunk_bounds
+
+    rows, first = [], None
+    for a, b in chunk_bounds(n_star, chunk_size):
+        rows.append(fit_block(read_block(cube, a, b), model, config=config, run_seed=seed))
+        if first is None and t0 is not None:
+            first = time.perf_counter() - t0
+    return rows, first
+
+
+def start_local_cluster(n_workers: int, *, wait: bool = False):
+    """A Dask LocalCluster of ``n_workers`` processes (1 thread each, quiet logs, dashboard on a
+    free port) and its Client; ``wait``: also wait for the workers. Returns (cluster, client)."""
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                           silence_logs=logging.ERROR)
+    client = Client(cluster)
+    if wait:
+        client.wait_for_workers(n_workers)
+    return cluster, client

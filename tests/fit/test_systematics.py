@@ -1,0 +1,98 @@
+"""Label systematics: the CV estimate, the interval widening, and both samplers applying it."""
+import copy
+
+import numpy as np
+import pytest
+
+from gsn_dask.fit.config import FitConfig
+from gsn_dask.fit.result import model_label_systematics, widen_intervals
+from gsn_dask.fit.sampler import fit_spectrum
+from gsn_dask.fit.systematics import MEDIAN_ABS_Z, estimate_label_systematics, solve_sigma_sys
+
+from .conftest import draw
+
+
+def test_solve_sigma_sys_recovers_a_gaussian_floor():
+    rng = np.random.default_rng(0)
+    s = rng.uniform(5.0, 20.0, 4000)
+    d = rng.normal(0.0, np.hypot(s, 50.0))
+    assert solve_sigma_sys(d, s) == pytest.approx(50.0, rel=0.06)
+    z = np.median(np.abs(d) / np.hypot(s, solve_sigma_sys(d, s)))
+    assert z == pytest.approx(MEDIAN_ABS_Z, rel=1e-6)
+    # statistical errors that already explain the spread: no floor (or a negligible one)
+    assert solve_sigma_sys(rng.normal(0.0, s), s) < 3.0
+    assert solve_sigma_sys(rng.normal(0.0, 0.5 * s), s) == 0.0
+    assert np.isnan(solve_sigma_sys(np.array([np.nan]), np.array([1.0])))
+
+
+def test_widen_intervals_quadrature_and_draws():
+    sig = np.array([0.3, 0.0])
+    draws = np.random.default_rng(1).normal(size=(400, 2))
+    res = {"status": "ok", "median": np.array([1.0, 2.0]), "p16": np.array([0.9, 1.5]),
+           "p84": np.array([1.2, 2.5]), "samples": draws.copy()}
+    out = widen_intervals(copy.deepcopy(res), sig)
+    np.testing.assert_allclose(out["p16"], [1.0 - np.hypot(0.1, 0.3), 1.5])
+    np.testing.assert_allclose(out["p84"], [1.0 + np.hypot(0.2, 0.3), 2.5])
+    np.testing.assert_array_equal(out["median"], res["median"])
+    np.testing.assert_array_equal(out["p16_stat"], res["p16"])
+    off = out["samples"] - draws
+    assert abs(off[:, 0].mean()) < 1e-3 and off[:, 0].std() == pytest.approx(0.3, rel=0.02)
+    np.testing.assert_array_equal(off[:, 1], 0.0)
+    again = widen_intervals(copy.deepcopy(res), sig)  # deterministic: no random stream
+    np.testing.assert_array_equal(again["samples"], out["samples"])
+    # not fitted or no systematics: untouched
+    bad = {**copy.deepcopy(res), "status": "bad input"}
+    assert widen_intervals(bad, sig)["p16"] is bad["p16"]
+    assert widen_intervals(copy.deepcopy(res), None)["p84"][0] == 1.2
+
+
+def test_model_label_systematics(model):
+    m = copy.copy(model)
+    m.meta = {**model.meta, "label_systematics": {"sigma": {"teff": 100.0, "logg": 0.2, "feh": 0.1}}}
+    np.testing.assert_allclose(model_label_systematics(m, FitConfig()), [100.0, 0.2, 0.1])
+    assert model_label_systematics(m, FitConfig(label_systematics=False)) is None
+    m.meta = {**model.meta, "label_systematics": {"sigma": {"teff": 100.0, "logg": None, "feh": 0.1}}}
+    assert model_label_systematics(m, FitConfig()) is None
+    assert model_label_systematics(model, FitConfig()) is None  # the toy model has none
+    with pytest.raises(ValueError, match="label_systematics"):
+        FitConfig(label_systematics="yes")
+
+
+def test_estimate_recovers_reference_label_noise(model):
+    """Spectra made at the true labels, 'reference' labels = truth + known noise: the CV
+    estimate must find that noise as the systematic floor (and the statistical z is too wide)."""
+    rng = np.random.default_rng(5)
+    lo, hi = model.bounds[:, 0], model.bounds[:, 1]
+    n = 60
+    truth = lo + (hi - lo) * (0.2 + 0.6 * rng.random((n, 3)))
+    noise = np.array([120.0, 0.25, 0.12])
+    ref = truth + rng.normal(size=(n, 3)) * noise
+    flux, ivar = zip(*(draw(model, t, snr=80, rv=rng.uniform(-50, 50), seed=i) for i, t in enumerate(truth)))
+    out = estimate_label_systematics([model], np.array(flux), np.array(ivar), ref, np.zeros(n, int),
+                                     config=FitConfig(n_coarse=256), max_stars=None)
+    assert out["n_star"] == n
+    got = np.array([out["sigma"][k] for k in ("teff", "logg", "feh")])
+    assert np.all((got > 0.6 * noise) & (got < 1.5 * noise)), got
+    assert all(out["z_std_stat"][k] > 2.0 for k in out["z_std_stat"])
+    assert all(abs(out["z_std_total"][k] - 1.0) < 1e-6 for k in out["z_std_total"])
+
+
+@pytest.mark.parametrize("sampler", ["emcee", "batched"])
+def test_samplers_fold_systematics_into_intervals(model, truth, sampler):
+    m = copy.copy(model)
+    sig = np.array([150.0, 0.3, 0.15])
+    m.meta = {**model.meta, "label_systematics": {"sigma": dict(zip(m.label_names, sig.tolist()))}}
+    flux, ivar = draw(m, truth, snr=40, seed=11)
+    on, off = FitConfig(n_draws=50), FitConfig(n_draws=50, label_systematics=False)
+    if sampler == "emcee":
+        a, b = fit_spectrum(m, flux, ivar, config=on, seed=3), fit_spectrum(m, flux, ivar, config=off, seed=3)
+    else:
+        from gsn_dask.fit.batched import fit_spectra_batched
+
+        a, = fit_spectra_batched(m, flux[None], ivar[None], config=on, seeds=[3], device="cpu")
+        b, = fit_spectra_batched(m, flux[None], ivar[None], config=off, seeds=[3], device="cpu")
+    np.testing.assert_array_equal(a["median"], b["median"])
+    np.testing.assert_allclose(a["p84"] - a["median"], np.hypot(b["p84"] - b["median"], sig))
+    np.testing.assert_allclose(a["median"] - a["p16"], np.hypot(b["median"] - b["p16"], sig))
+    assert a["rv_err"] == b["rv_err"]
+    assert np.all(a["samples"].std(0) > b["samples"].std(0))
