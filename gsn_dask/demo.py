@@ -220,7 +220,7 @@ def _model(train: xr.Dataset, out_dir: Path, settings: DemoSettings) -> Path:
 
     kw = settings.train_kwargs()
     key = _train_key(train, {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in kw.items()},
-                             "version": __version__, "label_systematics": 1})
+                             "version": __version__, "label_systematics": 2})
     cached = _cache_root() / "models" / key
     dest = out_dir / "model"
     if (cached / "model.json").exists():

@@ -497,7 +497,7 @@ def train_gsn(
 
     ``label_transforms`` maps label names to ``"log10"``/``"identity"`` (default: teff log10).
     ``weight_floor`` (normalised flux units) caps the weight of very high-S/N pixels.
-    ``label_systematics``: fit every held-out star (MAP + Laplace, at most 400) with its fold
+    ``label_systematics``: fit every held-out star (MAP + Laplace, at most 800) with its fold
     model and store the per-label systematic sigma that calibrates the fit's intervals in
     ``meta["label_systematics"]`` (:mod:`gsn_dask.fit.systematics`; the fit folds it into p16/p84).
     ``report`` holds settings, timings, CV metrics and (arrays) ``oof_pred``, ``fold``,

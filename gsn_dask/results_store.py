@@ -420,8 +420,6 @@ def run_identity(model: Any, *, seed: int, sampler: str, config: Any) -> dict[st
     """The attrs that identify a fit run (schema, model sha256, seed, sampler, FitConfig JSON, the
     per-label systematics folded into p16/p84 (JSON, "null" if none)): written into every results
     store, and what :func:`check_resumable` requires to match."""
-    import json
-
     from .fit.result import model_label_systematics
 
     sys_ = model_label_systematics(model, config)
@@ -431,8 +429,7 @@ def run_identity(model: Any, *, seed: int, sampler: str, config: Any) -> dict[st
         "seed": int(seed),
         "sampler": sampler,
         "fit_config": config.to_json(),
-        "label_systematics": json.dumps(
-            None if sys_ is None else dict(zip(model.label_names, [float(v) for v in sys_]))),
+        "label_systematics": "null" if sys_ is None else sys_.to_json(),
     }
 
 

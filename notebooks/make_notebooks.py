@@ -51,12 +51,13 @@ fig.colorbar(sc, ax=axes, label="[Fe/H]")""",
 "## Posterior widths against S/N\n\nThe 68% intervals include each label's systematic error, measured in the model's "
 "training cross-validation (`res.attrs['label_systematics']`), added in quadrature; so they level off at high S/N "
 "instead of shrinking to the noise-only width (`stat`: the statistical part alone).",
-"""import json
+"""from gsn_dask.fit.result import systematics_from_record
 
-sys_ = json.loads(res.attrs.get("label_systematics", "null")) or {}
-print("systematics folded into p16/p84:", sys_)
+labels = [str(k) for k in good.label.values]
+syst = systematics_from_record(res.attrs.get("label_systematics", "null"), labels)
+print("systematics folded into p16/p84:", res.attrs.get("label_systematics"))
 width = (good["p84"] - good["p16"]) / 2
-sig = xr.DataArray([sys_.get(str(k), 0.0) for k in width.label.values], dims="label", coords={"label": width.label})
+sig = np.array([syst.at(m) if syst else np.zeros(len(labels)) for m in good["median"].values])
 stat = np.sqrt(np.clip(width**2 - sig**2, 0, None))
 fig, axes = plt.subplots(1, width.sizes["label"], figsize=(4 * width.sizes["label"], 3))
 for ax, lab in zip(np.atleast_1d(axes), width.label.values):

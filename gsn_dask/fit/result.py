@@ -3,7 +3,9 @@ checks, the flag rules and the label-systematics widening of the intervals. Need
 (no emcee, no torch), so both samplers import it."""
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -60,34 +62,88 @@ def result_flags(post: Any, med: np.ndarray, rv: float, chi2r: float, snr: float
     return int(flag)
 
 
-def model_label_systematics(model: Any, cfg: FitConfig) -> np.ndarray | None:
-    """Per-label systematic uncertainty (model label units, ``model.label_names`` order) recorded
-    in the model's ``meta["label_systematics"]["sigma"]`` by training
-    (:func:`gsn_dask.fit.systematics.estimate_label_systematics`), or None when the model has
-    none or ``cfg.label_systematics`` is off."""
+class LabelSystematics:
+    """A model's per-label systematic sigma (label units, ``label_names`` order): one global
+    value per label, and optionally piecewise-constant values in bins of one label (``by``,
+    e.g. teff: cool and hot stars have larger errors than solar-type ones), looked up at the
+    star's posterior median of that label."""
+
+    def __init__(self, label_names: list[str], sigma: np.ndarray, by: str | None = None,
+                 edges: np.ndarray | None = None, binned: np.ndarray | None = None) -> None:
+        self.label_names = list(label_names)
+        self.sigma = np.asarray(sigma, dtype=np.float64)
+        self.by = by if by in self.label_names and edges is not None and binned is not None else None
+        self.edges = None if self.by is None else np.asarray(edges, dtype=np.float64)
+        self.binned = None if self.by is None else np.asarray(binned, dtype=np.float64)  # (n_bin, n_label)
+
+    def at(self, median: np.ndarray) -> np.ndarray:
+        """Sigma (n_label,) for a star with posterior medians ``median``."""
+        if self.by is None:
+            return self.sigma
+        v = float(np.asarray(median)[self.label_names.index(self.by)])
+        if not np.isfinite(v):
+            return self.sigma
+        k = int(np.clip(np.searchsorted(self.edges, v, side="right") - 1, 0, len(self.binned) - 1))
+        return self.binned[k]
+
+    def to_json(self) -> str:
+        d: dict[str, Any] = {"sigma": dict(zip(self.label_names, self.sigma.tolist()))}
+        if self.by is not None:
+            d["binned"] = {"by": self.by, "edges": self.edges.tolist(),
+                           "sigma": {n: self.binned[:, j].tolist() for j, n in enumerate(self.label_names)}}
+        return json.dumps(d, sort_keys=True)
+
+
+def _finite_numbers(values: Any) -> bool:
+    return isinstance(values, list) and len(values) > 0 and all(
+        isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in values)
+
+
+def model_label_systematics(model: Any, cfg: FitConfig) -> LabelSystematics | None:
+    """The per-label systematic uncertainty recorded in the model's ``meta["label_systematics"]``
+    by training (:func:`gsn_dask.fit.systematics.estimate_label_systematics`), or None when the
+    model has none or ``cfg.label_systematics`` is off. Binned values are used when complete."""
     if not cfg.label_systematics:
         return None
-    rec = (getattr(model, "meta", None) or {}).get("label_systematics") or {}
+    return systematics_from_record((getattr(model, "meta", None) or {}).get("label_systematics"), model.label_names)
+
+
+def systematics_from_record(rec: Mapping[str, Any] | str | None, label_names: Sequence[str]) -> LabelSystematics | None:
+    """A :class:`LabelSystematics` from a ``model.json`` record or its JSON (as in the results
+    attrs ``label_systematics``); None if absent, "null", incomplete or all zero."""
+    if isinstance(rec, str):
+        rec = json.loads(rec)
+    rec = rec or {}
     sig = rec.get("sigma") or {}
-    names = list(model.label_names)
-    if not sig or not all(isinstance(sig.get(n), (int, float)) for n in names):
+    names = list(label_names)
+    if not _finite_numbers([sig.get(n) for n in names]):
         return None
     out = np.array([float(sig[n]) for n in names], dtype=np.float64)
-    return out if np.all(np.isfinite(out) & (out >= 0)) and np.any(out > 0) else None
+    if not np.any(out > 0):
+        return None
+    b = rec.get("binned") or {}
+    by, edges, bs = b.get("by"), b.get("edges"), b.get("sigma") or {}
+    if by in names and _finite_numbers([abs(e) for e in edges or []]) and all(
+            _finite_numbers(bs.get(n)) and len(bs[n]) == len(edges) - 1 for n in names):
+        return LabelSystematics(names, out, by, np.array(edges), np.array([bs[n] for n in names]).T)
+    return LabelSystematics(names, out)
 
 
-def widen_intervals(res: dict[str, Any], sigma_sys: np.ndarray | None) -> dict[str, Any]:
+def widen_intervals(res: dict[str, Any], sigma_sys: np.ndarray | LabelSystematics | None) -> dict[str, Any]:
     """Fold a per-label systematic uncertainty into a fitted star's summaries (in place).
 
     The reported label is the emulator's label plus an independent N(0, sigma_sys^2) offset
     (the label-scale error learned in cross-validation), i.e. the posterior convolved with that
-    Gaussian: the median and MAP stay, each side of the 68% interval grows in quadrature,
+    Gaussian (``sigma_sys``: an array, or a :class:`LabelSystematics` looked up at the star's
+    median): the median and MAP stay, each side of the 68% interval grows in quadrature,
     ``p84 = median + hypot(p84 - median, sigma)`` (exact for a Gaussian posterior), and the
     posterior draws get deterministic offsets ``sigma * Phi^-1((k + 1/2) / n)`` in a fixed
     scrambled order (no random stream, so both samplers and every engine agree).
     ``res["p16_stat"]``/``res["p84_stat"]`` keep the statistical-only interval."""
     if sigma_sys is None or res.get("status") != "ok":
         return res
+    if isinstance(sigma_sys, LabelSystematics):
+        sigma_sys = sigma_sys.at(res["median"])
     sig = np.asarray(sigma_sys, dtype=np.float64)
     med = np.asarray(res["median"], dtype=np.float64)
     lo, hi = np.asarray(res["p16"], dtype=np.float64), np.asarray(res["p84"], dtype=np.float64)

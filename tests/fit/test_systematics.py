@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from gsn_dask.fit.config import FitConfig
-from gsn_dask.fit.result import model_label_systematics, widen_intervals
+from gsn_dask.fit.result import model_label_systematics, systematics_from_record, widen_intervals
 from gsn_dask.fit.sampler import fit_spectrum
 from gsn_dask.fit.systematics import MEDIAN_ABS_Z, estimate_label_systematics, solve_sigma_sys
 
@@ -49,7 +49,8 @@ def test_widen_intervals_quadrature_and_draws():
 def test_model_label_systematics(model):
     m = copy.copy(model)
     m.meta = {**model.meta, "label_systematics": {"sigma": {"teff": 100.0, "logg": 0.2, "feh": 0.1}}}
-    np.testing.assert_allclose(model_label_systematics(m, FitConfig()), [100.0, 0.2, 0.1])
+    np.testing.assert_allclose(model_label_systematics(m, FitConfig()).sigma, [100.0, 0.2, 0.1])
+    np.testing.assert_allclose(model_label_systematics(m, FitConfig()).at(np.array([9e3, 1.0, 0.0])), [100.0, 0.2, 0.1])
     assert model_label_systematics(m, FitConfig(label_systematics=False)) is None
     m.meta = {**model.meta, "label_systematics": {"sigma": {"teff": 100.0, "logg": None, "feh": 0.1}}}
     assert model_label_systematics(m, FitConfig()) is None
@@ -96,3 +97,39 @@ def test_samplers_fold_systematics_into_intervals(model, truth, sampler):
     np.testing.assert_allclose(a["median"] - a["p16"], np.hypot(b["median"] - b["p16"], sig))
     assert a["rv_err"] == b["rv_err"]
     assert np.all(a["samples"].std(0) > b["samples"].std(0))
+
+
+def test_binned_systematics_lookup_and_json_round_trip():
+    rec = {"sigma": {"teff": 100.0, "logg": 0.2, "feh": 0.1},
+           "binned": {"by": "teff", "edges": [3500.0, 4500.0, 6500.0, 9000.0],
+                      "sigma": {"teff": [150.0, 90.0, 200.0], "logg": [0.4, 0.2, 0.3], "feh": [0.2, 0.1, 0.3]}}}
+    names = ["teff", "logg", "feh"]
+    ls = systematics_from_record(rec, names)
+    np.testing.assert_allclose(ls.at(np.array([5000.0, 4.0, 0.0])), [90.0, 0.2, 0.1])
+    np.testing.assert_allclose(ls.at(np.array([3000.0, 4.0, 0.0])), [150.0, 0.4, 0.2])  # below: first bin
+    np.testing.assert_allclose(ls.at(np.array([12000.0, 4.0, 0.0])), [200.0, 0.3, 0.3])  # above: last bin
+    np.testing.assert_allclose(ls.at(np.array([np.nan, 4.0, 0.0])), [100.0, 0.2, 0.1])  # no median: global
+    back = systematics_from_record(ls.to_json(), names)  # as stored in the results attrs
+    np.testing.assert_allclose(back.at(np.array([7000.0, 1.0, 0.0])), [200.0, 0.3, 0.3])
+    res = {"status": "ok", "median": np.array([7000.0, 4.0, 0.0]), "p16": np.array([6990.0, 3.9, -0.1]),
+           "p84": np.array([7010.0, 4.1, 0.1]), "samples": None}
+    np.testing.assert_allclose(widen_intervals(res, ls)["p84"] - res["median"], np.hypot([10.0, 0.1, 0.1], [200.0, 0.3, 0.3]))
+    bad = {**rec, "binned": {**rec["binned"], "sigma": {**rec["binned"]["sigma"], "feh": [0.2, 0.1]}}}
+    assert systematics_from_record(bad, names).by is None  # incomplete bins: global values only
+    assert systematics_from_record("null", names) is None
+
+
+def test_estimate_bins_by_teff(model):
+    """With enough stars the estimate also gives Teff-binned values (quantile bins of the fit)."""
+    rng = np.random.default_rng(8)
+    lo, hi = model.bounds[:, 0], model.bounds[:, 1]
+    n = 40
+    truth = lo + (hi - lo) * (0.2 + 0.6 * rng.random((n, 3)))
+    ref = truth + rng.normal(size=(n, 3)) * np.array([100.0, 0.2, 0.1])
+    flux, ivar = zip(*(draw(model, t, snr=60, seed=100 + i) for i, t in enumerate(truth)))
+    out = estimate_label_systematics([model], np.array(flux), np.array(ivar), ref, np.zeros(n, int),
+                                     config=FitConfig(n_coarse=256), max_stars=None, min_per_bin=20)
+    b = out["binned"]
+    assert b["by"] == "teff" and len(b["edges"]) == 3 and sum(b["n_star"]) == n
+    assert all(len(v) == 2 and all(x >= 0 for x in v) for v in b["sigma"].values())
+    assert systematics_from_record(out, ["teff", "logg", "feh"]).by == "teff"
