@@ -860,6 +860,31 @@ def write_report(report: ValidationReport, out_dir: str | Path, *, figures: bool
     return written
 
 
+def _systematics_lines(text: str | None) -> list[str]:
+    """Markdown lines describing the per-label systematics the fit folded into [p16, p84]
+    (results attrs ``label_systematics``, JSON)."""
+    import json
+
+    try:
+        rec = json.loads(text) if text else None
+    except (TypeError, json.JSONDecodeError):
+        rec = None
+    if not rec or not rec.get("sigma"):
+        return ["The intervals are statistical only (no label systematics in the model, or switched off)."]
+    sig = rec["sigma"]
+    lines = ["The fit folded each label's systematic error, measured in the model's training cross-validation, "
+             "into [p16, p84] in quadrature; overall: "
+             + ", ".join(f"{k} {v:.3g}" for k, v in sig.items()) + "."]
+    b = rec.get("binned")
+    if b:
+        names = list(b["sigma"])
+        e = b["edges"]
+        head = [f"{b['by']} bin (fit)", *names]
+        body = [[f"{e[i]:.0f} - {e[i + 1]:.0f}", *(f"{b['sigma'][n][i]:.3g}" for n in names)] for i in range(len(e) - 1)]
+        lines += ["", _md_table(head, body)]
+    return lines
+
+
 def report_markdown(report: ValidationReport, fig_paths: Mapping[str, Sequence[Path]] | None = None,
                     out_dir: Path | None = None) -> str:
     """The markdown summary: settings, the statistics and calibration tables, figure links."""
@@ -887,8 +912,7 @@ def report_markdown(report: ValidationReport, fig_paths: Mapping[str, Sequence[P
         "",
         "A calibrated posterior has about 68% of the reference values inside [p16, p84] and a robust "
         "std of z near 1 (z_tot also includes the reference uncertainty, where the reference has one).",
-        f"Per-label systematics folded into [p16, p84] by the fit (from the model's training CV): "
-        f"{s.get('label_systematics') if s.get('label_systematics') not in (None, 'null') else 'none'}.",
+        *_systematics_lines(s.get("label_systematics")),
         "",
         _md_table(*_calib_rows(report.calibration)),
         "",

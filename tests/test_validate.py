@@ -434,3 +434,19 @@ def test_lamost_dr1_label_table():
     rep_sky = validate(res_sky, ref, cube=spectra)
     assert rep_sky.settings["match"] == "sky" and rep_sky.settings["n_matched"] == 300
     assert row(rep_sky, "teff")["bias"] == pytest.approx(100, abs=15)
+
+
+def test_report_states_label_systematics():
+    import json
+
+    from gsn_dask.validate import _systematics_lines
+
+    assert "statistical only" in _systematics_lines("null")[0]
+    assert "statistical only" in _systematics_lines(None)[0]
+    rec = {"sigma": {"teff": 120.0, "logg": 0.3},
+           "binned": {"by": "teff", "edges": [3000.0, 5000.0, 9000.0],
+                      "sigma": {"teff": [150.0, 90.0], "logg": [0.4, 0.2]}}}
+    lines = _systematics_lines(json.dumps(rec))
+    assert "teff 120" in lines[0] and "logg 0.3" in lines[0]
+    table = lines[-1]
+    assert "| 3000 - 5000 | 150 | 0.4 |" in table and "| 5000 - 9000 | 90 | 0.2 |" in table
