@@ -169,8 +169,7 @@ def simulate(model, n: int, snr: float, seed: int) -> tuple[np.ndarray, np.ndarr
 
 # ---------------------------------------------------------------------- helpers
 def flops_per_row(model, post: SpectrumPosterior) -> float:
-    sizes = [len(model.label_names), *[np.asarray(W).shape[1] for W, _ in model.hidden_layers], np.asarray(model.W_out).shape[1]]
-    emu = sum(2 * a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    emu = B.torch_emulator(model, "cpu").flops_per_spectrum()  # block-diagonal ensemble layers: blocks only
     k = post.n_cont
     return float(emu + 3 * post.n_used + 2 * post.n_used * (k + k * (k + 1) // 2) + 4 * post.n_used)
 

@@ -116,6 +116,37 @@ ACTIVATIONS: dict[str, Any] = {
 
 
 # ------------------------------------------------------------------------ helpers
+def diagonal_blocks(W: np.ndarray, m: int) -> np.ndarray | None:
+    """The m diagonal blocks (m, n_in/m, n_out/m) of a block-diagonal weight matrix (an
+    ensemble's merged deeper layer, :func:`gsn_dask.emulator_torch.merge_ensemble`), or None if
+    ``W`` is not exactly block-diagonal with m equal blocks."""
+    if m < 2 or W.ndim != 2 or W.shape[0] % m or W.shape[1] % m:
+        return None
+    a, b = W.shape[0] // m, W.shape[1] // m
+    blocks = np.stack([W[k * a:(k + 1) * a, k * b:(k + 1) * b] for k in range(m)])
+    mask = np.kron(np.eye(m, dtype=bool), np.ones((a, b), dtype=bool))
+    return np.ascontiguousarray(blocks) if not np.any(W[~mask]) else None
+
+
+def _find_blocks(W: np.ndarray, max_blocks: int = 16) -> np.ndarray | None:
+    """The diagonal blocks of ``W`` for the largest block count (2..max_blocks) at which it is
+    exactly block-diagonal, or None (a dense layer: every ordinary GSN)."""
+    if W.ndim != 2 or W[0, W.shape[1] - 1] != 0 or W[W.shape[0] - 1, 0] != 0:  # cheap reject
+        return None
+    for m in range(max_blocks, 1, -1):
+        blk = diagonal_blocks(W, m)
+        if blk is not None:
+            return blk
+    return None
+
+
+def block_matmul(x: np.ndarray, blocks: np.ndarray) -> np.ndarray:
+    """x (N, m a) @ blockdiag(blocks (m, a, b)) -> (N, m b), one batched product (1/m the FLOPs)."""
+    m, a, b = blocks.shape
+    y = np.matmul(x.reshape(-1, m, a).transpose(1, 0, 2), blocks)  # (m, N, b)
+    return y.transpose(1, 0, 2).reshape(-1, m * b)
+
+
 def wavelength_sha256(wavelength: np.ndarray) -> str:
     """sha256 hex digest of the grid as little-endian float64 bytes."""
     return hashlib.sha256(np.ascontiguousarray(wavelength, dtype="<f8").tobytes()).hexdigest()
@@ -234,6 +265,8 @@ class GSN:
         )
         self.normalisation = normalisation
         self._check_shapes()
+        # an ensemble's deeper layers are block-diagonal: multiply the blocks only
+        self.layer_blocks = [None] + [_find_blocks(W) for W, _ in self.hidden_layers[1:]]
         # scaling constants on the transformed labels
         t_b = self._transform(self.bounds.T).T  # (n_label, 2)
         self._t_lo = t_b[:, 0].copy()
@@ -393,8 +426,8 @@ class GSN:
     def hidden(self, labels: np.ndarray) -> np.ndarray:
         """(N, n_label) physical labels -> (N, n_hidden) float32 output of the last hidden layer."""
         x = self.scale(labels)
-        for W, b in self.hidden_layers:
-            x = self._act(x @ W + b)
+        for (W, b), blk in zip(self.hidden_layers, self.layer_blocks):
+            x = self._act((x @ W if blk is None else block_matmul(x, blk)) + b)
         return x
 
     def predict(self, labels: np.ndarray) -> np.ndarray:
@@ -402,9 +435,10 @@ class GSN:
         return self.hidden(labels) @ self.W_out + self.b_out
 
     def flops_per_spectrum(self) -> int:
-        """Multiply-add FLOPs (2 per MAC) of one forward pass (activations not counted)."""
-        sizes = [self.n_label, *self.hidden_widths, self.n_pix]
-        return int(sum(2 * a * b for a, b in zip(sizes[:-1], sizes[1:])))
+        """Multiply-add FLOPs (2 per MAC) of one forward pass (activations not counted; the
+        blocks only of block-diagonal ensemble layers)."""
+        layers = [W.size if blk is None else blk.size for (W, _), blk in zip(self.hidden_layers, self.layer_blocks)]
+        return int(2 * (sum(layers) + self.W_out.size))
 
     # ---------------------------------------------------------------- grid
     def pixel_slice(self, cube_wavelength: np.ndarray) -> slice:

@@ -652,6 +652,8 @@ def train_gsn(
     }
     if systematics is not None:
         meta["label_systematics"] = systematics
+    if final_gsn.meta.get("ensemble"):
+        meta["ensemble"] = final_gsn.meta["ensemble"]
     model = GSN(
         hidden_layers=final_gsn.hidden_layers, W_out=final_gsn.W_out, b_out=final_gsn.b_out,
         activation=final_gsn.activation, emulator_error=emu_err, meta=meta, **template,

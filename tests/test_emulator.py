@@ -262,3 +262,23 @@ def test_constructor_shape_errors():
         )
     with pytest.raises(ModelMismatchError, match=r"\(N, 3\)"):
         m.predict(np.zeros((4, 2)))
+
+
+def test_block_diagonal_layers_are_multiplied_by_blocks():
+    """An ensemble's merged deeper layers are block-diagonal: the GSN finds the blocks and its
+    output equals the dense product; a dense layer (any ordinary GSN) has no blocks."""
+    from gsn_dask.emulator import block_matmul, diagonal_blocks
+    from gsn_dask.emulator import _find_blocks
+
+    rng = np.random.default_rng(0)
+    blocks = rng.normal(size=(3, 4, 5)).astype(np.float32)
+    W = np.zeros((12, 15), np.float32)
+    for k in range(3):
+        W[4 * k:4 * k + 4, 5 * k:5 * k + 5] = blocks[k]
+    np.testing.assert_array_equal(diagonal_blocks(W, 3), blocks)
+    assert diagonal_blocks(W, 2) is None
+    np.testing.assert_array_equal(_find_blocks(W), blocks)
+    x = rng.normal(size=(7, 12)).astype(np.float32)
+    np.testing.assert_allclose(block_matmul(x, blocks), x @ W, rtol=1e-5, atol=1e-6)
+    W[0, 14] = 1e-3  # one off-block entry: dense
+    assert _find_blocks(W) is None and diagonal_blocks(W, 3) is None

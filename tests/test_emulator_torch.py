@@ -192,5 +192,6 @@ def test_merge_ensemble_predicts_the_mean(trained):
     lab = labels_of(ds, model.label_names)[:20]
     np.testing.assert_allclose(ens.predict(lab), 0.5 * (model.predict(lab) + twin.predict(lab)), atol=3e-6)
     assert ens.hidden_widths == [96, 96, 96]
+    assert ens.layer_blocks[0] is None and all(b.shape == (2, 48, 48) for b in ens.layer_blocks[1:])
     with pytest.raises(ValueError, match="differ"):
         merge_ensemble([model, other])

@@ -245,6 +245,8 @@ class TorchEmulator:
             (torch.as_tensor(np.asarray(W), device=dev).to(dtype), torch.as_tensor(np.asarray(b), device=dev).to(dtype))
             for W, b in model.hidden_layers
         ]
+        self.blocks = [None if blk is None else torch.as_tensor(np.asarray(blk), device=dev).to(dtype)
+                       for blk in (getattr(model, "layer_blocks", None) or [None] * len(self.layers))]
         self.W_out = torch.as_tensor(np.asarray(model.W_out), device=dev).to(dtype).contiguous()
         self.b_out = torch.as_tensor(np.asarray(model.b_out), device=dev).to(dtype)
         self.activation = str(model.activation)
@@ -265,9 +267,10 @@ class TorchEmulator:
         self._coarse: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
 
     def flops_per_spectrum(self) -> int:
-        """2 x multiply-adds of one forward pass (activations not counted)."""
-        sizes = [self.n_label, *self.widths, self.n_pix]
-        return int(sum(2 * a * b for a, b in zip(sizes[:-1], sizes[1:])))
+        """2 x multiply-adds of one forward pass (activations not counted; the blocks only of
+        block-diagonal ensemble layers)."""
+        macs = [W.numel() if blk is None else blk.numel() for (W, _), blk in zip(self.layers, self.blocks)]
+        return int(2 * (sum(macs) + self.W_out.numel()))
 
     def scale(self, labels: Tensor) -> Tensor:
         """(..., n_label) float64 physical labels -> network input (emulator dtype)."""
@@ -277,8 +280,13 @@ class TorchEmulator:
     def hidden(self, labels: Tensor) -> Tensor:
         """(R, n_label) -> (R, n_hidden) last hidden layer."""
         x = self.scale(labels)
-        for W, b in self.layers:
-            x = self._act(x @ W + b)
+        for (W, b), blk in zip(self.layers, self.blocks):
+            if blk is None:
+                x = self._act(x @ W + b)
+            else:  # block-diagonal (ensemble) layer: (m, R, a) @ (m, a, b)
+                m, a, bb = blk.shape
+                y = torch.bmm(x.reshape(-1, m, a).transpose(0, 1), blk).transpose(0, 1).reshape(-1, m * bb)
+                x = self._act(y + b)
         return x
 
     def predict(self, labels: Tensor) -> Tensor:
