@@ -96,7 +96,8 @@ import torch
 from ..flags import Flag
 from .config import FitConfig
 from .posterior import C_KMS, SpectrumPosterior
-from .result import empty_result, input_problem, model_label_systematics, result_flags, widen_intervals
+from .result import (LabelSystematics, empty_result, input_problem, model_label_systematics, result_flags,
+                     widen_intervals)
 
 Tensor = torch.Tensor
 
@@ -1524,8 +1525,9 @@ def auto_batch_size(model_or_emu: Any, config: FitConfig, device: str | torch.de
 
 # ====================================================================== driver
 def _finalise(stack: SpectraStack, i: int, res: dict[str, Any], snr: float, seed: int, cfg: FitConfig,
-              return_chain: bool) -> dict[str, Any]:
-    """Add flags, status, S/N and seed to a pool result (the keys of fit_spectrum)."""
+              return_chain: bool, systematics: LabelSystematics | None) -> dict[str, Any]:
+    """Add flags, status, S/N and seed to a pool result (the keys of fit_spectrum) and fold the
+    model's label ``systematics`` into its interval."""
     tpl = stack.template
     snr_used = float(snr) if np.isfinite(snr) else float(stack.snr_median[i])
     out = dict(res)
@@ -1535,7 +1537,7 @@ def _finalise(stack: SpectraStack, i: int, res: dict[str, Any], snr: float, seed
         out["param_names"] = list(tpl.param_names)
     else:
         out.pop("tau", None)
-    return widen_intervals(out, model_label_systematics(tpl.model, cfg))
+    return widen_intervals(out, systematics)
 
 
 def _input_problems(flux: np.ndarray, ivar: np.ndarray, n_pix: int) -> list[str | None]:
@@ -1606,6 +1608,7 @@ def fit_spectra_batched(
     if not ok_rows:
         return [r for r in results]  # type: ignore[misc]
     emu = torch_emulator(model, dev)
+    systematics = model_label_systematics(model, cfg)  # once per call, not per star
     bs = int(batch_size) if batch_size else auto_batch_size(emu, cfg, dev)
     old_threads = torch.get_num_threads()
     nt = threads if threads is not None else cfg.blas_threads
@@ -1646,7 +1649,7 @@ def fit_spectra_batched(
                     with torch.no_grad():
                         raw = _run_pool(emu, stack, chunk, [seeds[rows[k]] for k in chunk], cfg, bs, return_chain,
                                         pbar=pbar)
-                    res = [_finalise(stack, k, r, float(snrs[rows[k]]), seeds[rows[k]], cfg, return_chain)
+                    res = [_finalise(stack, k, r, float(snrs[rows[k]]), seeds[rows[k]], cfg, return_chain, systematics)
                            for k, r in zip(chunk, raw)]
                 except Exception as exc:  # noqa: BLE001 - isolate: split (results do not depend on the batch)
                     oom = isinstance(exc, (MemoryError, getattr(torch.cuda, "OutOfMemoryError", MemoryError)))

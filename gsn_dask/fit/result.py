@@ -94,9 +94,11 @@ class LabelSystematics:
         return json.dumps(d, sort_keys=True)
 
 
-def _finite_numbers(values: Any) -> bool:
+def _finite_numbers(values: Any, *, nonnegative: bool = True) -> bool:
+    """A non-empty list of finite numbers (>= 0 unless ``nonnegative`` is False)."""
     return isinstance(values, list) and len(values) > 0 and all(
-        isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in values)
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v >= 0 or not nonnegative)
+        for v in values)
 
 
 def model_label_systematics(model: Any, cfg: FitConfig) -> LabelSystematics | None:
@@ -123,7 +125,7 @@ def systematics_from_record(rec: Mapping[str, Any] | str | None, label_names: Se
         return None
     b = rec.get("binned") or {}
     by, edges, bs = b.get("by"), b.get("edges"), b.get("sigma") or {}
-    if by in names and _finite_numbers([abs(e) for e in edges or []]) and all(
+    if by in names and _finite_numbers(edges, nonnegative=False) and all(
             _finite_numbers(bs.get(n)) and len(bs[n]) == len(edges) - 1 for n in names):
         return LabelSystematics(names, out, by, np.array(edges), np.array([bs[n] for n in names]).T)
     return LabelSystematics(names, out)

@@ -133,6 +133,7 @@ def estimate_label_systematics(
         with np.errstate(divide="ignore", invalid="ignore"):
             z0[n] = float(np.median(np.abs(d) / s) / MEDIAN_ABS_Z) if d.size else float("nan")
             z1[n] = float(np.median(np.abs(d) / np.hypot(s, sig)) / MEDIAN_ABS_Z) if d.size else float("nan")
+
     def clean(d: dict[str, float]) -> dict[str, float | None]:  # JSON: unmeasurable -> null
         return {k: (float(v) if np.isfinite(v) else None) for k, v in d.items()}
 

@@ -117,6 +117,8 @@ def test_binned_systematics_lookup_and_json_round_trip():
     bad = {**rec, "binned": {**rec["binned"], "sigma": {**rec["binned"]["sigma"], "feh": [0.2, 0.1]}}}
     assert systematics_from_record(bad, names).by is None  # incomplete bins: global values only
     assert systematics_from_record("null", names) is None
+    no_edge = {**rec, "binned": {**rec["binned"], "edges": [None, 4500.0, 6500.0, 9000.0]}}
+    assert systematics_from_record(no_edge, names).by is None  # a damaged record: global values, no crash
 
 
 def test_estimate_bins_by_teff(model):
