@@ -38,6 +38,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MOVES = ("laplace-de", "de", "stretch")
+SAMPLERS = ("emcee", "batched")
+
+
+class ConfigError(ValueError):
+    """A fit setting that is invalid, or does not fit the model: a run-level error, raised before
+    any star is fitted (the command line prints its one-line message and exits 1)."""
 
 
 @dataclass
@@ -79,8 +85,8 @@ class FitConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad setting."""
-        def bad(msg: str) -> ValueError:
-            return ValueError(f"FitConfig: {msg}")
+        def bad(msg: str) -> ConfigError:
+            return ConfigError(f"FitConfig: {msg}")
 
         for name in ("n_walkers", "n_burn", "n_steps", "max_steps", "thin", "n_draws", "n_coarse", "n_starts"):
             v = getattr(self, name)
@@ -92,6 +98,16 @@ class FitConfig:
             raise bad(f"n_steps must be >= 10, got {self.n_steps}")
         if self.thin < 1 or self.n_starts < 1 or self.n_coarse < 8:
             raise bad("thin and n_starts must be >= 1 and n_coarse >= 8")
+        if self.max_steps < self.n_steps:
+            raise bad(f"max_steps={self.max_steps} must be >= n_steps={self.n_steps}")
+        if self.thin > self.n_steps:
+            raise bad(f"thin={self.thin} keeps no production step of n_steps={self.n_steps}; use thin <= n_steps")
+        for name in ("tau_factor", "chi2_poor", "snr_low", "edge_fraction"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise bad(f"{name} must be a finite number >= 0, got {v!r}")
+        if not 0 <= self.edge_fraction < 0.5:
+            raise bad(f"edge_fraction must be in [0, 0.5), got {self.edge_fraction}")
         if self.moves not in MOVES:
             raise bad(f"moves must be one of {MOVES}, got {self.moves!r}")
         if not (0 <= self.cheb_degree <= 10):
@@ -139,4 +155,21 @@ class FitConfig:
         return dataclasses.replace(self, **changes)
 
 
-__all__ = ["FitConfig", "MOVES"]
+def check_config(config: FitConfig, model: Any, sampler: str = "emcee") -> None:
+    """Raise :class:`ConfigError` (one line) if ``config`` cannot be used with ``model`` and
+    ``sampler``: walkers for the model's dimensions, priors on labels the model lacks, an unknown
+    sampler. The runners call it once, before any star is fitted."""
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
+    config.validate()
+    labels = list(model.label_names)
+    ndim = len(labels) + 1
+    if config.n_walkers < 2 * ndim:
+        raise ConfigError(f"FitConfig: n_walkers={config.n_walkers} must be >= 2 * n_dim = {2 * ndim} "
+                          f"for this model ({len(labels)} labels + rv)")
+    unknown = sorted(set(config.priors) - set(labels))
+    if unknown:
+        raise ConfigError(f"FitConfig: priors for unknown labels {unknown}; the model's labels are {labels}")
+
+
+__all__ = ["ConfigError", "FitConfig", "MOVES", "SAMPLERS", "check_config"]
