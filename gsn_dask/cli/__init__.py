@@ -10,7 +10,7 @@ import sys
 from .. import __version__
 
 #: subcommand modules, in the order shown by --help
-SUBCOMMANDS = ("ingest", "grid", "train", "fit", "validate", "demo", "export_parquet")
+SUBCOMMANDS = ("ingest", "grid", "train", "fit", "validate", "simulate", "demo", "export_parquet")
 
 
 def quiet_distributed_logs() -> None:
