@@ -7,22 +7,20 @@
 * :func:`plot_residuals_vs_snr` - residual vs S/N per label with running median and 16-84%;
 * :func:`plot_calibration` - distribution of z = diff / sigma_post against N(0, 1).
 
-Every function takes the ``matched`` dataset of :class:`gsn_dask.validate.ValidationReport`
-(only ``selected`` stars are drawn) and returns a ``matplotlib.figure.Figure`` (or None
-when the figure cannot be drawn, e.g. no S/N).
+Every function takes the ``matched`` dataset that :func:`gsn_dask.validate.validate` builds
+(variables ``ours``, ``ref``, ``diff``, ``z``, ``z_tot`` over (star, label), ``snr`` and
+``selected`` over star; only ``selected`` stars are drawn) and optionally its ``stats`` /
+``calibration`` DataFrames, and returns a ``matplotlib.figure.Figure`` (or None when the
+figure cannot be drawn, e.g. no S/N). This module does not import :mod:`gsn_dask.validate`.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import numpy as np
+import pandas as pd
 import xarray as xr
 from matplotlib.figure import Figure
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .validate import ValidationReport
 
 #: Above this many stars the one-to-one panels use hexbin instead of a density-coloured scatter.
 MAX_SCATTER = 5000
@@ -82,14 +80,15 @@ def point_density(x: np.ndarray, y: np.ndarray, bins: int = 60) -> np.ndarray:
     return h[ix, iy]
 
 
-def _stat_row(stats, label: str):
+def _stat_row(stats: pd.DataFrame | None, label: str) -> pd.Series | None:
+    """The ``all`` S/N-bin row of ``label`` in a stats table (None if absent)."""
     if stats is None:
         return None
     sel = stats[(stats["label"] == label) & (stats["snr_bin"] == "all")]
     return None if sel.empty else sel.iloc[0]
 
 
-def plot_one_to_one(matched: xr.Dataset, stats=None, *, labels: Sequence[str] | None = None,
+def plot_one_to_one(matched: xr.Dataset, stats: pd.DataFrame | None = None, *, labels: Sequence[str] | None = None,
                     max_scatter: int = MAX_SCATTER) -> Figure:
     """One column per label: top, ours vs reference (density), 1:1 line; bottom, the
     histogram of ours - reference with bias and scatter written on it."""
@@ -212,7 +211,7 @@ def _running(x: np.ndarray, y: np.ndarray, nbins: int = 12) -> tuple[np.ndarray,
     return np.array(xc), np.array(med), np.array(lo), np.array(hi)
 
 
-def plot_residuals_vs_snr(matched: xr.Dataset, snr_bins: Sequence[float] = (), stats=None) -> Figure | None:
+def plot_residuals_vs_snr(matched: xr.Dataset, snr_bins: Sequence[float] = (), stats: pd.DataFrame | None = None) -> Figure | None:
     """One panel per label: ours - reference vs S/N (log axis) with the running median and
     16-84% band; dashed lines mark the S/N bin edges. None if no star has an S/N."""
     m = _selected(matched)
@@ -256,7 +255,7 @@ def plot_residuals_vs_snr(matched: xr.Dataset, snr_bins: Sequence[float] = (), s
     return fig
 
 
-def plot_calibration(matched: xr.Dataset, calibration=None) -> Figure:
+def plot_calibration(matched: xr.Dataset, calibration: pd.DataFrame | None = None) -> Figure:
     """One panel per label: histogram of z = diff / sigma_post (and z_tot with the reference
     uncertainty, where available) against the standard normal."""
     m = _selected(matched)
@@ -306,14 +305,17 @@ def save_figure(fig: Figure, stem: Path, formats: Sequence[str] = ("png", "pdf")
     return out
 
 
-def save_all(report: ValidationReport, out_dir: str | Path, formats: Sequence[str] = ("png", "pdf")
-             ) -> dict[str, list[Path]]:
-    """Draw and save every validation figure of ``report``; returns {figure name: paths}."""
+def save_all(matched: xr.Dataset, out_dir: str | Path, *, stats: pd.DataFrame | None = None,
+             calibration: pd.DataFrame | None = None, snr_bins: Sequence[float] = (),
+             formats: Sequence[str] = ("png", "pdf")) -> dict[str, list[Path]]:
+    """Draw and save every validation figure of a ``matched`` dataset (with its ``stats`` and
+    ``calibration`` tables for the annotations, ``snr_bins`` edges for the S/N panels);
+    returns {figure name: paths}."""
     out = Path(out_dir)
     figs = {
-        "one_to_one": plot_one_to_one(report.matched, report.stats),
-        "kiel": plot_kiel(report.matched),
-        "residuals_snr": plot_residuals_vs_snr(report.matched, report.snr_bins, report.stats),
-        "calibration": plot_calibration(report.matched, report.calibration),
+        "one_to_one": plot_one_to_one(matched, stats),
+        "kiel": plot_kiel(matched),
+        "residuals_snr": plot_residuals_vs_snr(matched, snr_bins, stats),
+        "calibration": plot_calibration(matched, calibration),
     }
     return {name: save_figure(fig, out / name, formats) for name, fig in figs.items() if fig is not None}

@@ -439,7 +439,7 @@ def test_lamost_dr1_label_table():
 def test_report_states_label_systematics():
     import json
 
-    from gsn_dask.validate import _systematics_lines
+    from gsn_dask.validate.report import _systematics_lines
 
     assert "statistical only" in _systematics_lines("null")[0]
     assert "statistical only" in _systematics_lines(None)[0]
