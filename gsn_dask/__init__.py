@@ -36,6 +36,8 @@ _API = {
     "open_spectra": "gsn_dask.cube",
     "open_results": "gsn_dask.cube",
     "validate": "gsn_dask.validate",
+    "diagnose": "gsn_dask.diagnose",
+    "simulate": "gsn_dask.simulate",
 }
 
 __all__ = ["__version__", "fit", *_API]

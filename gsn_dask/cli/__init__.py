@@ -10,7 +10,7 @@ import sys
 from .. import __version__
 
 #: subcommand modules, in the order shown by --help
-SUBCOMMANDS = ("ingest", "grid", "train", "fit", "validate", "simulate", "demo", "export_parquet")
+SUBCOMMANDS = ("ingest", "grid", "train", "fit", "validate", "diagnose", "simulate", "demo", "export_parquet")
 
 
 def quiet_distributed_logs() -> None:
@@ -36,14 +36,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     for name in SUBCOMMANDS:
-        try:
-            mod = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"{__name__}.{name}":
-                continue  # subcommand not built yet
-            raise
-        mod.register(sub)
+        importlib.import_module(f"{__name__}.{name}").register(sub)
     return parser
+
+
+def error_message(exc: BaseException) -> str:
+    """One line for an input or file-system error: an OS error as ``<reason>: <path>``
+    (``[Errno 20] Not a directory: 'x'`` -> ``Not a directory: x``), others as their message."""
+    if isinstance(exc, OSError) and exc.errno is not None and exc.strerror:
+        where = f": {exc.filename}" if exc.filename is not None else ""
+        where += f" -> {exc.filename2}" if exc.filename2 is not None else ""
+        return f"{exc.strerror}{where}"
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def run_cli(
@@ -55,10 +59,10 @@ def run_cli(
 ) -> int:
     """Parse ``argv`` with ``parser`` (which has ``-v``/``--verbose`` and subcommands that set
     ``func``), set up logging (WARNING, -v INFO, -vv DEBUG) and run the subcommand; returns the
-    exit status. No subcommand: help, 2. ``FileNotFoundError``, ``FileExistsError`` and
-    ``ValueError`` (bad input, store in use, model mismatch, ...) become one line
-    ``<name> <command>: error: <message>`` on stderr and exit status 1 (with -vv the traceback
-    instead). Ctrl-C: ``interrupted`` (if any) on stderr, 130. ``name`` defaults to the prog."""
+    exit status. No subcommand: help, 2. ``OSError`` (missing, existing, unreadable or
+    unwritable files, a store in use) and ``ValueError`` (bad input or settings, a config or
+    model that does not fit, ...) become one line ``<name> <command>: error: <message>`` on
+    stderr and exit status 1 (with -vv the traceback instead). Ctrl-C: ``interrupted`` (if any) on stderr, 130. ``name`` defaults to the prog."""
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
@@ -73,10 +77,10 @@ def run_cli(
         if interrupted:
             print(interrupted, file=sys.stderr)
         return 130
-    except (FileNotFoundError, FileExistsError, ValueError) as exc:  # incl. StoreLockedError, ModelMismatchError
+    except (OSError, ValueError) as exc:  # incl. StoreLockedError, ModelMismatchError, ConfigError
         if args.verbose >= 2:
             raise
-        print(f"{name or parser.prog} {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{name or parser.prog} {args.command}: error: {error_message(exc)}", file=sys.stderr)
         return 1
     return int(rc or 0)
 
