@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from . import __version__
+from ._version import __version__
 from .cube import label_names, log_lambda_grid, make_spectra, open_spectra, write_spectra
 
 log = logging.getLogger(__name__)
