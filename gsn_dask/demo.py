@@ -171,8 +171,9 @@ def _train_key(train: xr.Dataset, settings: dict[str, Any]) -> str:
     return h.hexdigest()[:16]
 
 
-def _training_cube(out_dir: Path, progress: bool, n_workers: int | None) -> Path:
-    """The MILES training cube (built once into the user cache dir, then reused)."""
+def miles_training_cube(*, progress: bool = True, n_workers: int | None = None) -> Path:
+    """The MILES training cube, built once into the user cache dir (``platformdirs``), then
+    reused; the MILES wheel is fetched (verified) on first use. ``n_workers=0``: in-process."""
     from .grid.libraries import build_miles_cube
 
     cached = _cache_root() / f"miles_train_{__version__}.zarr"
@@ -288,7 +289,8 @@ def run_demo(
     summary: dict[str, Any] = {"out_dir": str(out)}
 
     # 1-2. training cube and hold-out split
-    cube_path = Path(train_cube) if train_cube else _training_cube(out, settings.progress, settings.n_workers)
+    cube_path = Path(train_cube) if train_cube else miles_training_cube(progress=settings.progress,
+                                                                        n_workers=settings.n_workers)
     full = open_spectra(cube_path).load()
     hold = holdout_mask(full)
     hold_stars = [str(s) for s in np.asarray(full["star"].values)[hold]]

@@ -29,7 +29,7 @@ import sys
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -455,8 +455,3 @@ def build_miles_cube(
         overwrite=overwrite,
         progress=progress,
     )
-
-
-def library_names() -> Mapping[str, str]:
-    """Libraries this module can build (name -> description)."""
-    return {"miles": MILES_VERSION}
