@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from .labels import LABEL_UNITS
+
 MODEL_SCHEMA = "gsn-dask/model/1"
 WEIGHTS_FILE = "weights.safetensors"
 META_FILE = "model.json"
@@ -42,26 +44,6 @@ LABEL_TRANSFORMS = ("identity", "log10")
 
 #: Slope of LeakyReLU for x < 0 (torch's default).
 LEAKY_SLOPE = 0.01
-
-#: Default training settings (shared by :func:`gsn_dask.emulator_torch.train_gsn` and the
-#: ``gsn-dask train`` command; chosen by cross-validation on MILES, see benchmarks/emulator.py).
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "hidden": 256,
-    "n_hidden_layers": 3,
-    "activation": "silu",
-    "epochs": 400,
-    "batch_size": 64,
-    "lr": 2e-3,
-    "weight_decay": 1e-4,
-    "dropout": 0.0,
-    "patience": 50,
-    "folds": 5,
-    "val_fraction": 0.1,
-    "weight_floor": 0.01,
-    "seed": 0,
-    "ensemble": 1,
-    "label_systematics": True,
-}
 
 #: Largest wavelength grid stored inline in model.json (it is always in the weights file too).
 _INLINE_GRID_MAX = 20000
@@ -232,8 +214,6 @@ class GSN:
     ) -> None:
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose from {sorted(ACTIVATIONS)}")
-        from .cube import LABEL_UNITS
-
         self.label_names = [str(n) for n in label_names]
         n_label = len(self.label_names)
         self.label_units = (
@@ -496,11 +476,13 @@ class GSN:
         """Write ``weights.safetensors`` and ``model.json`` into ``model_dir`` (created if needed)."""
         from safetensors.numpy import save as st_save
 
-        from . import __version__
+        from ._version import __version__
 
         model_dir = Path(model_dir)
         model_dir.mkdir(parents=True, exist_ok=True)
-        data = st_save(self.tensors(), metadata={"format": "np", "schema": MODEL_SCHEMA})
+        # one metadata key: safetensors writes a dict's keys in hash order, so two keys would make the
+        # file bytes (and its sha256) differ between saves of the same model
+        data = st_save(self.tensors(), metadata={"schema": MODEL_SCHEMA})
         _atomic_write_bytes(model_dir / WEIGHTS_FILE, data)
         self.sha256 = hashlib.sha256(data).hexdigest()
         self.meta = {"schema": MODEL_SCHEMA, "model_id": self.model_id, **self.meta, **self._core_meta()}
@@ -612,10 +594,10 @@ def load_model(model_dir: str | Path, *, labels: Sequence[str] | None = None) ->
     return GSN.load(model_dir, labels=labels)
 
 
-def default_normalisation(attrs: Mapping[str, Any] | None = None) -> dict | None:
+def default_normalisation(attrs: Mapping[str, Any] | None = None) -> dict:
     """The normalisation recipe for a model trained on a cube with ``attrs``: the cube's
-    ``normalisation`` attr (JSON string or dict) if present, else ``prepare.DEFAULT_NORMALISATION``
-    if importable, else None."""
+    ``normalisation`` attr (JSON string or dict) if present, else
+    :data:`gsn_dask.grid.prepare.DEFAULT_NORMALISATION` (the recipe the grid builder applies)."""
     rec = (attrs or {}).get("normalisation")
     if isinstance(rec, str) and rec.strip():
         try:
@@ -624,12 +606,9 @@ def default_normalisation(attrs: Mapping[str, Any] | None = None) -> dict | None
             return {"description": rec}
     if isinstance(rec, Mapping):
         return dict(rec)
-    try:
-        from .grid.prepare import DEFAULT_NORMALISATION  # type: ignore[attr-defined]
+    from .grid.prepare import DEFAULT_NORMALISATION
 
-        return dict(DEFAULT_NORMALISATION)
-    except Exception:  # noqa: BLE001 - prepare may not exist yet
-        return None
+    return dict(DEFAULT_NORMALISATION)
 
 
 __all__ = [
@@ -640,7 +619,6 @@ __all__ = [
     "ModelFileError",
     "ModelMismatchError",
     "SCALE_RANGE",
-    "TRAIN_DEFAULTS",
     "default_normalisation",
     "file_sha256",
     "load_model",

@@ -1,7 +1,8 @@
 """Torch side of the GSN emulator: the network, training with K-fold cross-validation,
 the per-pixel emulator error, batched torch inference.
 
-Training recipe (see :func:`train_gsn`):
+Training (:func:`train_gsn`; the settings are a :class:`~gsn_dask.emulator_recipe.TrainRecipe`,
+by default :data:`~gsn_dask.emulator_recipe.DEFAULT_RECIPE`):
 
 * labels -> per-label transform (``log10`` for teff by default) -> min-max onto [-0.5, 0.5]
   of the training bounds;
@@ -14,16 +15,21 @@ Training recipe (see :func:`train_gsn`):
 * K-fold cross-validation (stratified in the first label, fixed seed): out-of-fold predictions
   give the CV residuals and the per-pixel emulator error; the final model is trained on all stars
   for the median best epoch count of the folds.
+
+Training never fits spectra: the label-systematics calibration that uses the fold models
+(:attr:`CVFolds`) is a separate step, :mod:`gsn_dask.calibration`.
 """
 from __future__ import annotations
 
 import contextlib
-import json
+import hashlib
 import logging
 import math
 import os
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,26 +39,107 @@ import xarray as xr
 from torch import nn
 from torch.nn import functional as F
 
-from .emulator import GSN, LABEL_TRANSFORMS, TRAIN_DEFAULTS as _D, default_normalisation
+from .emulator import GSN, default_normalisation
+from .emulator_data import (  # the numpy half of training; the figure and the test cube complete the API here
+    _weighted_mean_spectrum,
+    analytic_cube,
+    cv_metrics,
+    diagnostics_figure,
+    pixel_weights,
+    prepare_training_data,
+    robust_emulator_error,
+    stratified_folds,
+)
+from .emulator_recipe import DEFAULT_RECIPE, TrainRecipe
+from .labels import LABEL_UNITS
 
 log = logging.getLogger(__name__)
 
-#: chi^2 with one degree of freedom: median (used by the robust emulator-error estimate).
-_CHI2_1_MEDIAN = 0.454936423119572
+class _SiLU(torch.autograd.Function):
+    """x / (1 + exp(-x)): the numpy GSN's formula (same rounding), with a gradient that stays
+    finite where exp(-x) overflows."""
 
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        return x / (1.0 + torch.exp(-x))
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        s = torch.sigmoid(x)
+        return g * s * (1.0 + x * (1.0 - s))
+
+
+class _Sigmoid(torch.autograd.Function):
+    """1 / (1 + exp(-x)) as the numpy GSN computes it, with a finite gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        y = 1.0 / (1.0 + torch.exp(-x))
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (y,) = ctx.saved_tensors
+        return g * y * (1.0 - y)
+
+
+#: Activations written as the numpy ones of :mod:`gsn_dask.emulator` (same rounding order), so
+#: training, torch inference and the batched fit run one forward pass.
 _TORCH_ACT = {
-    "silu": F.silu,
+    "silu": _SiLU.apply,
     "tanh": torch.tanh,
-    "leaky_relu": lambda x: F.leaky_relu(x, 0.01),
-    "relu": F.relu,
-    "softplus": F.softplus,
-    "sigmoid": torch.sigmoid,
+    "leaky_relu": lambda x: torch.where(x >= 0, x, x * 0.01),
+    "relu": lambda x: torch.clamp_min(x, 0.0),
+    "softplus": lambda x: torch.where(x > 20, x, torch.log1p(torch.exp(torch.clamp_max(x, 20.0)))),
+    "sigmoid": _Sigmoid.apply,
 }
 
 
 # ------------------------------------------------------------------------ network
+class DenseLayer(nn.Module):
+    """``x @ weight + bias`` with ``weight`` (n_in, n_out), the numpy GSN's layout (so every
+    torch pass multiplies the same contiguous matrix as the saved model); or a block-diagonal
+    layer of an ensemble (``n_blocks`` > 1: ``weight`` holds the blocks (m, n_in/m, n_out/m),
+    1/m of the multiply-adds). Initialised as ``nn.Linear``."""
+
+    def __init__(self, n_in: int, n_out: int, n_blocks: int = 1) -> None:
+        super().__init__()
+        m = int(n_blocks)
+        w = torch.empty(n_out, n_in)
+        nn.init.kaiming_uniform_(w, a=math.sqrt(5))  # nn.Linear's initialisation, then transposed
+        bound = 1.0 / math.sqrt(n_in) if n_in > 0 else 0.0
+        self.bias = nn.Parameter(torch.empty(n_out).uniform_(-bound, bound))
+        if m > 1:
+            a, b = n_in // m, n_out // m
+            w = torch.stack([w[k * b:(k + 1) * b, k * a:(k + 1) * a].T for k in range(m)])
+            self.weight = nn.Parameter(w.contiguous())
+        else:
+            self.weight = nn.Parameter(w.T.contiguous())
+        self.n_blocks = m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.n_blocks == 1:
+            return x @ self.weight + self.bias
+        m, a, b = self.weight.shape  # (m, R, a) @ (m, a, b), one batched product
+        y = torch.bmm(x.reshape(-1, m, a).transpose(0, 1), self.weight).transpose(0, 1).reshape(-1, m * b)
+        return y + self.bias
+
+    def dense_weight(self) -> torch.Tensor:
+        """The (n_in, n_out) matrix (block-diagonal for an ensemble layer)."""
+        return self.weight if self.n_blocks == 1 else torch.block_diag(*self.weight)
+
+    def multiply_adds(self) -> int:
+        return int(self.weight.numel())
+
+
 class GSNNet(nn.Module):
-    """labels (scaled) -> hidden layers -> linear output (one value per wavelength pixel)."""
+    """The GSN's one torch forward pass: labels (scaled) -> hidden layers -> linear output (one
+    value per wavelength pixel). Training, :func:`predict_torch` and the batched fit
+    (:mod:`gsn_dask.fit.torch.emulator`) all run it; it computes what the numpy
+    :meth:`GSN.predict` computes, in the same order (``x @ W + b``, the numpy activations)."""
 
     def __init__(
         self,
@@ -61,18 +148,21 @@ class GSNNet(nn.Module):
         hidden: Sequence[int] = (256, 256, 256),
         activation: str = "silu",
         dropout: float = 0.0,
+        blocks: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if activation not in _TORCH_ACT:
             raise ValueError(f"unknown activation {activation!r}; choose from {sorted(_TORCH_ACT)}")
         sizes = [n_label, *[int(h) for h in hidden]]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
-        self.out = nn.Linear(sizes[-1], n_pix)
+        nb = list(blocks) if blocks is not None else [1] * (len(sizes) - 1)
+        self.layers = nn.ModuleList(DenseLayer(a, b, m) for a, b, m in zip(sizes[:-1], sizes[1:], nb))
+        self.out = DenseLayer(sizes[-1], n_pix)
         self.activation = activation
         self._act = _TORCH_ACT[activation]
         self.dropout = float(dropout)
 
     def hidden_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(R, n_label) scaled labels -> (R, n_hidden) last hidden layer."""
         for lin in self.layers:
             x = self._act(lin(x))
             if self.dropout > 0:
@@ -80,17 +170,26 @@ class GSNNet(nn.Module):
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.hidden_forward(x))
+        """(R, n_label) scaled labels -> (R, n_pix) spectra: ``addmm(b_out, h, W_out)``."""
+        return torch.addmm(self.out.bias, self.hidden_forward(x), self.out.weight)
+
+    def multiply_adds(self) -> int:
+        """Multiply-adds of one forward pass (block-diagonal layers: their blocks only)."""
+        return sum(lin.multiply_adds() for lin in self.layers) + self.out.multiply_adds()
 
 
 def net_from_gsn(model: GSN, device: str | torch.device | None = None) -> GSNNet:
-    """A :class:`GSNNet` holding the weights of a (numpy) :class:`GSN`."""
-    net = GSNNet(model.n_label, model.n_pix, model.hidden_widths, model.activation)
+    """A :class:`GSNNet` (eval mode) holding the weights of a (numpy) :class:`GSN`; the
+    block-diagonal layers of an ensemble stay block-diagonal."""
+    blocks = [None if blk is None else blk for blk in (getattr(model, "layer_blocks", None)
+                                                        or [None] * len(model.hidden_layers))]
+    net = GSNNet(model.n_label, model.n_pix, model.hidden_widths, model.activation,
+                 blocks=[1 if blk is None else int(blk.shape[0]) for blk in blocks])
     with torch.no_grad():
-        for lin, (W, b) in zip(net.layers, model.hidden_layers):
-            lin.weight.copy_(torch.from_numpy(np.ascontiguousarray(W.T)))
+        for lin, (W, b), blk in zip(net.layers, model.hidden_layers, blocks):
+            lin.weight.copy_(torch.from_numpy(np.ascontiguousarray(W if blk is None else blk)))
             lin.bias.copy_(torch.from_numpy(b))
-        net.out.weight.copy_(torch.from_numpy(np.ascontiguousarray(model.W_out.T)))
+        net.out.weight.copy_(torch.from_numpy(np.ascontiguousarray(model.W_out)))
         net.out.bias.copy_(torch.from_numpy(model.b_out))
     return net.to(resolve_device(device)).eval()
 
@@ -98,11 +197,11 @@ def net_from_gsn(model: GSN, device: str | torch.device | None = None) -> GSNNet
 def _gsn_from_net(net: GSNNet, template: dict[str, Any], emulator_error: np.ndarray | None, meta: dict) -> GSN:
     net = net.to("cpu")
     hidden = [
-        (lin.weight.detach().numpy().T.copy(), lin.bias.detach().numpy().copy()) for lin in net.layers
+        (lin.dense_weight().detach().numpy().copy(), lin.bias.detach().numpy().copy()) for lin in net.layers
     ]
     return GSN(
         hidden_layers=hidden,
-        W_out=net.out.weight.detach().numpy().T.copy(),
+        W_out=net.out.weight.detach().numpy().copy(),
         b_out=net.out.bias.detach().numpy().copy(),
         activation=net.activation,
         emulator_error=emulator_error,
@@ -178,170 +277,11 @@ def predict_torch(
     return torch.cat(out).numpy() if out else np.zeros((0, scaler.n_pix), np.float32)
 
 
-# ------------------------------------------------------------------------ data
-def _trim_range(good_frac: np.ndarray, min_frac: float) -> slice:
-    ok = np.flatnonzero(good_frac >= min_frac)
-    if ok.size == 0:
-        raise ValueError("no wavelength pixel has enough good (ivar > 0) training spectra")
-    return slice(int(ok[0]), int(ok[-1]) + 1)
-
-
-def prepare_training_data(
-    train_ds: xr.Dataset,
-    *,
-    labels: Sequence[str] | None = None,
-    wavelength_range: tuple[float, float] | None = None,
-    label_ranges: dict[str, tuple[float, float]] | None = None,
-    min_pixel_coverage: float = 0.5,
-    mask_telluric: bool = False,
-) -> dict[str, Any]:
-    """Load a training cube into numpy: normalised flux, ivar, labels of usable stars.
-
-    Stars with a non-finite label (or outside ``label_ranges``) or no good pixel are dropped.
-    The grid is cut to ``wavelength_range`` and then to the contiguous run of pixels where at
-    least ``min_pixel_coverage`` of the stars have ivar > 0 (e.g. MILES ends at 7410 A).
-    """
-    from .cube import label_names as cube_label_names
-
-    names_all = cube_label_names(train_ds)
-    if labels is None:
-        labels = [n for n in names_all if np.mean(np.isfinite(np.asarray(train_ds[f"label_{n}"].values, float))) >= 0.5]
-        canon = ["teff", "logg", "feh", "alpha_fe"]
-        labels = sorted(labels, key=lambda n: (canon.index(n) if n in canon else len(canon), n))
-    labels = [str(n) for n in labels]
-    missing = [n for n in labels if n not in names_all]
-    if missing:
-        raise ValueError(f"training cube has no labels {missing} (it has {names_all})")
-    if not labels:
-        raise ValueError("no labels to train on")
-    wave = np.asarray(train_ds["wavelength"].values, dtype=np.float64)
-    sel = slice(None)
-    if wavelength_range is not None:
-        idx = np.flatnonzero((wave >= wavelength_range[0]) & (wave <= wavelength_range[1]))
-        if idx.size < 2:
-            raise ValueError(f"wavelength_range {wavelength_range} leaves < 2 pixels of {wave[0]:.1f}-{wave[-1]:.1f} A")
-        sel = slice(int(idx[0]), int(idx[-1]) + 1)
-    lab = np.stack([np.asarray(train_ds[f"label_{n}"].values, dtype=np.float64) for n in labels], axis=1)
-    keep = np.all(np.isfinite(lab), axis=1)
-    for name, (lo, hi) in (label_ranges or {}).items():
-        if name not in labels:
-            raise ValueError(f"label_ranges names {name!r}, not one of the training labels {labels}")
-        j = labels.index(name)
-        keep &= (lab[:, j] >= lo) & (lab[:, j] <= hi)
-    idx_star = np.flatnonzero(keep)
-    sub = train_ds.isel(star=idx_star, wavelength=sel)
-    flux = np.asarray(sub["flux"].values, dtype=np.float32)
-    ivar = np.asarray(sub["ivar"].values, dtype=np.float32)
-    wave = np.asarray(sub["wavelength"].values, dtype=np.float64)
-    attrs = dict(train_ds.attrs)
-    if not bool(attrs.get("normalised", False)):
-        recipe = default_normalisation(attrs)
-        try:
-            from .grid.prepare import continuum_normalise  # type: ignore[attr-defined]
-        except ImportError as exc:  # pragma: no cover - prepare is part of the package
-            raise ValueError("training cube is not normalised and gsn_dask.grid.prepare is unavailable") from exc
-        flux, ivar = continuum_normalise(wave, flux, ivar, recipe)
-        flux = np.asarray(flux, np.float32)
-        ivar = np.asarray(ivar, np.float32)
-    bad = ~np.isfinite(flux) | ~np.isfinite(ivar) | (ivar < 0)
-    ivar = np.where(bad, 0, ivar).astype(np.float32)
-    flux = np.where(bad, 0, flux).astype(np.float32)
-    if mask_telluric:
-        from .grid.prepare import telluric_mask  # type: ignore[attr-defined]
-
-        ivar[:, np.asarray(telluric_mask(wave), bool)] = 0
-    has = (ivar > 0).any(axis=1)
-    flux, ivar, idx_star = flux[has], ivar[has], idx_star[has]
-    lab = lab[idx_star]
-    if flux.shape[0] < 4:
-        raise ValueError(f"only {flux.shape[0]} usable training stars (finite labels and some good pixels)")
-    cut = _trim_range((ivar > 0).mean(axis=0), min_pixel_coverage)
-    flux, ivar, wave = flux[:, cut], ivar[:, cut], wave[cut]
-    stars = np.asarray(sub["star"].values)[has]
-    return {
-        "labels": labels,
-        "label_values": lab,
-        "flux": np.ascontiguousarray(flux),
-        "ivar": np.ascontiguousarray(ivar),
-        "wavelength": wave,
-        "star": np.array([str(s) for s in stars]),
-        "attrs": attrs,
-        "n_star_cube": int(train_ds.sizes["star"]),
-    }
-
-
-def pixel_weights(ivar: np.ndarray, floor: float) -> np.ndarray:
-    """Loss weights ``1/(1/ivar + floor**2)``, 0 for ivar 0; infinite ivar -> 1/floor**2;
-    scaled to mean 1 over good pixels. With ``floor = 0`` and no noise this is uniform."""
-    ivar = np.asarray(ivar, np.float64)
-    good = ivar > 0
-    with np.errstate(divide="ignore"):
-        var = np.where(good, 1.0 / np.where(good, ivar, 1.0), 0.0)
-    if floor <= 0:
-        floor = max(float(np.median(np.sqrt(var[good]))) * 1e-3, 1e-6) if good.any() else 1.0
-    w = np.where(good, 1.0 / (var + floor**2), 0.0)
-    m = w[good].mean() if good.any() else 1.0
-    return (w / m).astype(np.float32)
-
-
-def stratified_folds(values: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """Fold index (0..k-1) per star, stratified in ``values`` (each run of k stars sorted by
-    value gets a random permutation of the folds)."""
-    rng = np.random.default_rng(seed)
-    n = values.size
-    order = np.argsort(values, kind="stable")
-    fold = np.empty(n, dtype=np.int64)
-    for i in range(0, n, k):
-        blk = order[i : i + k]
-        fold[blk] = rng.permutation(k)[: blk.size]
-    return fold
-
-
-def robust_emulator_error(resid: np.ndarray, ivar: np.ndarray, min_stars: int = 5) -> np.ndarray:
-    """Per-pixel emulator error s (n_pix,): the extra scatter of residuals beyond the noise.
-
-    Solves ``median_i r_i**2 / (1/ivar_i + s**2) = median(chi2_1)`` for each pixel over stars
-    with ivar > 0 (robust to outlier stars, correct for heteroscedastic noise); s = 0 where the
-    noise alone explains the residuals. Pixels with < ``min_stars`` good stars get the largest s.
-    """
-    r2 = np.asarray(resid, np.float64) ** 2
-    good = (np.asarray(ivar) > 0) & np.isfinite(r2)
-    with np.errstate(divide="ignore"):
-        var = np.where(good, 1.0 / np.where(good, ivar, 1.0), np.nan).astype(np.float64)
-    r2 = np.where(good, r2, np.nan)
-    n_good = good.sum(axis=0)
-
-    def med_chi(s2: np.ndarray) -> np.ndarray:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.nanmedian(r2 / (var + s2[None, :]), axis=0)
-
-    n_pix = r2.shape[1]
-    with np.errstate(invalid="ignore"):
-        hi = np.sqrt(np.nan_to_num(np.nanmax(r2, axis=0), nan=0.0)) + 1e-12
-    lo = np.zeros(n_pix)
-    need = med_chi(np.zeros(n_pix)) > _CHI2_1_MEDIAN
-    for _ in range(50):
-        mid = 0.5 * (lo + hi)
-        too_small = med_chi(mid**2) > _CHI2_1_MEDIAN
-        lo = np.where(too_small, mid, lo)
-        hi = np.where(too_small, hi, mid)
-    s = np.where(need, 0.5 * (lo + hi), 0.0)
-    ok = n_good >= min_stars
-    if ok.any() and not ok.all():
-        s[~ok] = float(np.max(s[ok]))
-    elif not ok.any():
-        s[:] = 0.0
-    return s.astype(np.float32)
-
-
-def _weighted_mean_spectrum(flux: np.ndarray, w: np.ndarray) -> np.ndarray:
-    sw = w.sum(axis=0)
-    return np.where(sw > 0, (flux * w).sum(axis=0) / np.where(sw > 0, sw, 1), 1.0).astype(np.float32)
-
-
 # ------------------------------------------------------------------------ training core
 @contextlib.contextmanager
-def _deterministic(seed: int, threads: int | None):
+def _deterministic(seed: int, threads: int | None) -> Iterator[None]:
+    """Seed torch, switch on its deterministic algorithms and (``threads``) set its CPU threads,
+    for the duration of one training; the previous settings come back afterwards."""
     prev_det = torch.are_deterministic_algorithms_enabled()
     prev_threads = torch.get_num_threads()
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -412,7 +352,8 @@ def _fit_net(
     history: list[tuple[int, float, float]] = []
     from tqdm.auto import tqdm
 
-    bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    # a bar on a terminal only (disable=None): in a log file the caller writes one line per fold
+    bar = tqdm(range(epochs), desc=desc, disable=None if progress else True, leave=False, dynamic_ncols=True)
     since_best = 0
     for ep in bar:
         net.train()
@@ -455,349 +396,263 @@ def _fit_net(
 
 
 # ------------------------------------------------------------------------ public training API
-def train_gsn(
-    train_ds: xr.Dataset | str | Path,
-    *,
-    labels: Sequence[str] | None = None,
-    hidden: int | Sequence[int] = _D["hidden"],
-    n_hidden_layers: int = _D["n_hidden_layers"],
-    activation: str = _D["activation"],
-    label_transforms: dict[str, str] | None = None,
-    epochs: int = _D["epochs"],
-    batch_size: int = _D["batch_size"],
-    lr: float = _D["lr"],
-    weight_decay: float = _D["weight_decay"],
-    dropout: float = _D["dropout"],
-    patience: int = _D["patience"],
-    folds: int = _D["folds"],
-    val_fraction: float = _D["val_fraction"],
-    weight_floor: float = _D["weight_floor"],
-    seed: int = _D["seed"],
-    device: str | torch.device | None = None,
-    threads: int | None = None,
-    wavelength_range: tuple[float, float] | None = None,
-    label_ranges: dict[str, tuple[float, float]] | None = None,
-    mask_telluric: bool = False,
-    final: str = "refit",
-    ensemble: int = _D["ensemble"],
-    label_systematics: bool = _D["label_systematics"],
-    progress: bool = True,
-    keep_fold_models: bool = False,
-) -> tuple[GSN, dict[str, Any]]:
-    """Train a GSN on a training cube; returns (model, report).
+@dataclass
+class CVFolds:
+    """The cross-validation of one training: which fold model held out which star.
 
-    ``folds >= 2``: K-fold cross-validation (each fold early-stops on its held-out stars, whose
-    out-of-fold predictions give the CV residuals and the per-pixel emulator error), then the
-    final model is trained on all stars for the median best epoch count (``final="refit"``;
-    ``final="none"`` keeps the first fold's model, for quick sweeps).
-    ``ensemble = M > 1`` trains M networks (different seeds) per fit and merges them into one
-    GSN predicting their mean (:func:`merge_ensemble`; M times the inference cost).
-    ``folds <= 1``: one held-out split of ``val_fraction`` (fixed seed) for early stopping and
-    the emulator error; the final model is that network.
+    ``models[j]`` (numpy GSNs carrying the CV emulator error) did not train on the stars with
+    ``model_index == j`` (-1: no fold model held the star out); ``flux``/``ivar`` (n_star, n_pix)
+    are the normalised training spectra on the model grid, ``labels`` (n_star, n_label) their
+    reference labels (physical units), ``seed`` the training seed. The calibration step
+    (:mod:`gsn_dask.calibration`) fits the held-out stars with these models."""
 
-    ``label_transforms`` maps label names to ``"log10"``/``"identity"`` (default: teff log10).
-    ``weight_floor`` (normalised flux units) caps the weight of very high-S/N pixels.
-    ``label_systematics``: fit every held-out star (MAP + Laplace, at most 800) with its fold
-    model and store the per-label systematic sigma that calibrates the fit's intervals in
-    ``meta["label_systematics"]`` (:mod:`gsn_dask.fit.systematics`; the fit folds it into p16/p84).
-    ``report`` holds settings, timings, CV metrics and (arrays) ``oof_pred``, ``fold``,
-    ``flux``, ``ivar``, ``label_values``, ``wavelength``; ``fold_models`` if ``keep_fold_models``.
-    """
-    t0 = time.perf_counter()
-    cube_path = None
-    if not isinstance(train_ds, (str, Path)) and train_ds.encoding.get("source"):
-        cube_path = str(train_ds.encoding["source"])
+    models: list[GSN]
+    model_index: np.ndarray
+    flux: np.ndarray
+    ivar: np.ndarray
+    labels: np.ndarray
+    seed: int
+
+
+def _note(progress: bool, msg: str) -> None:
+    """One line per finished training stage: on stderr with ``progress``, else at INFO."""
+    if progress:
+        print(f"[gsn-dask train] {msg}", file=sys.stderr, flush=True)
+    else:
+        log.info(msg)
+
+
+def _open_cube(train_ds: xr.Dataset | str | Path) -> tuple[xr.Dataset, str | None]:
+    """The training cube (opened if a path) and its resolved path (None if unknown)."""
     if isinstance(train_ds, (str, Path)):
         from .cube import open_spectra
 
-        cube_path = str(Path(train_ds).resolve())
-        train_ds = open_spectra(train_ds)
-    if activation not in _TORCH_ACT:
-        raise ValueError(f"unknown activation {activation!r}; choose from {sorted(_TORCH_ACT)}")
-    widths = [int(hidden)] * int(n_hidden_layers) if np.isscalar(hidden) else [int(h) for h in hidden]
-    data = prepare_training_data(
-        train_ds, labels=labels, wavelength_range=wavelength_range, label_ranges=label_ranges,
-        mask_telluric=mask_telluric,
-    )
-    names = data["labels"]
-    lab, flux, ivar, wave = data["label_values"], data["flux"], data["ivar"], data["wavelength"]
-    n, n_pix = flux.shape
-    tr = {"teff": "log10"}
-    tr.update(label_transforms or {})
-    transforms = [tr.get(nm, "identity") for nm in names]
-    for t in transforms:
-        if t not in LABEL_TRANSFORMS:
-            raise ValueError(f"unknown label transform {t!r}")
+        return open_spectra(train_ds), str(Path(train_ds).resolve())
+    src = train_ds.encoding.get("source")
+    return train_ds, (str(src) if src else None)
+
+
+def _template(data: dict[str, Any], recipe: TrainRecipe) -> dict[str, Any]:
+    """The GSN constructor arguments shared by every network of one training (labels, units,
+    bounds = the training range, transforms, grid, normalisation recipe)."""
+    names, lab = data["labels"], data["label_values"]
     bounds = np.stack([lab.min(axis=0), lab.max(axis=0)], axis=1)
     for j, nm in enumerate(names):
         if bounds[j, 1] <= bounds[j, 0]:
             raise ValueError(f"label {nm} is constant over the training set ({bounds[j, 0]}): cannot train on it")
-    from .cube import LABEL_UNITS
-
-    template = {
+    return {
         "label_names": names,
         "label_units": [LABEL_UNITS.get(nm, "") for nm in names],
         "bounds": bounds,
-        "label_transforms": transforms,
-        "wavelength": wave,
+        "label_transforms": [recipe.label_transforms.get(nm, "identity") for nm in names],
+        "wavelength": data["wavelength"],
         "normalisation": default_normalisation(data["attrs"]),
     }
-    scaler = GSN(
-        hidden_layers=[(np.zeros((len(names), 1)), np.zeros(1))], W_out=np.zeros((1, n_pix)), b_out=np.zeros(n_pix),
-        activation=activation, **template,
-    )
-    X = scaler.scale(lab)
-    w = pixel_weights(ivar, weight_floor)
-    dev = resolve_device(device)
-    cfg = {
-        "labels": names, "hidden": widths, "activation": activation, "label_transforms": dict(zip(names, transforms)),
-        "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "dropout": dropout,
-        "patience": patience, "folds": folds, "val_fraction": val_fraction, "weight_floor": weight_floor,
-        "seed": seed, "device": str(dev), "threads": threads, "wavelength_range": wavelength_range,
-        "label_ranges": label_ranges, "mask_telluric": mask_telluric, "final": final,
-        "ensemble": int(ensemble), "label_systematics": bool(label_systematics),
-    }
-    common = dict(
-        hidden=widths, activation=activation, dropout=dropout, batch_size=batch_size, lr=lr,
-        weight_decay=weight_decay, device=dev, progress=progress,
-    )
-    oof = np.full((n, n_pix), np.nan, np.float32)
-    fold_info: list[dict] = []
-    fold_models: list[GSN] = []
-    with _deterministic(seed, threads):
-        if folds >= 2:
-            fold = stratified_folds(lab[:, 0], int(folds), seed)
-        else:
-            rng = np.random.default_rng(seed)
-            n_val = max(1, int(round(val_fraction * n)))
-            fold = np.zeros(n, np.int64)
-            fold[rng.permutation(n)[:n_val]] = 1  # 1 = validation
-        k_list = range(int(folds)) if folds >= 2 else [1]
-        def train_members(idx_tr, idx_va, *, n_ep, pat, seed0, desc):
-            gsns, infos = [], []
-            for e in range(int(ensemble)):
-                has_va = idx_va is not None
-                net, info = _fit_net(
-                    X[idx_tr], flux[idx_tr], w[idx_tr],
-                    X[idx_va] if has_va else None, flux[idx_va] if has_va else None, w[idx_va] if has_va else None,
-                    epochs=n_ep, patience=pat, seed=seed0 + 7919 * e,
-                    desc=desc + (f" member {e + 1}/{ensemble}" if ensemble > 1 else ""), **common,
-                )
-                gsns.append(_gsn_from_net(net, template, None, {}))
-                infos.append(info)
-            return (merge_ensemble(gsns) if len(gsns) > 1 else gsns[0]), infos
 
-        for k in k_list:
-            te = fold == k
-            fm, infos = train_members(
-                ~te, te, n_ep=epochs, pat=patience, seed0=seed + 1000 * (k + 1),
-                desc=f"fold {k + 1}/{folds}" if folds >= 2 else "train",
-            )
-            oof[te] = fm.predict(lab[te])
-            info = {
-                "best_epoch": int(np.median([i["best_epoch"] for i in infos])),
-                "member_best_epochs": [int(i["best_epoch"]) for i in infos],
-                "best_val_loss": float(np.mean([i["best_val_loss"] for i in infos])),
-                "epochs_run": int(sum(i["epochs_run"] for i in infos)),
-            }
-            log.info(
-                "%s: best epoch %s, val loss %.4g (%.1f s so far)", f"fold {k + 1}/{folds}" if folds >= 2
-                else "holdout", info["member_best_epochs"], info["best_val_loss"], time.perf_counter() - t0,
-            )
-            fold_info.append({"fold": int(k), "n_val": int(te.sum()), **info})
-            fold_models.append(fm)
+
+def _assign_folds(lab: np.ndarray, recipe: TrainRecipe) -> tuple[np.ndarray, list[int]]:
+    """Fold index per star and the folds to hold out: K stratified folds in the first label, or
+    (``folds`` <= 1) one random held-out split of ``val_fraction`` marked 1."""
+    if recipe.folds >= 2:
+        return stratified_folds(lab[:, 0], int(recipe.folds), recipe.seed), list(range(int(recipe.folds)))
+    n = lab.shape[0]
+    fold = np.zeros(n, np.int64)
+    n_val = max(1, int(round(recipe.val_fraction * n)))
+    fold[np.random.default_rng(recipe.seed).permutation(n)[:n_val]] = 1
+    return fold, [1]
+
+
+def _train_members(
+    arrays: tuple[np.ndarray, np.ndarray, np.ndarray], idx_tr: np.ndarray, idx_va: np.ndarray | None, *,
+    recipe: TrainRecipe, template: dict[str, Any], epochs: int, patience: int, seed0: int, desc: str,
+    device: torch.device, progress: bool,
+) -> tuple[GSN, list[dict[str, Any]]]:
+    """``recipe.ensemble`` networks trained on the stars ``idx_tr`` of ``arrays`` = (scaled
+    labels, flux, weights), early-stopped on ``idx_va`` (None: all ``epochs``), as one GSN."""
+    X, flux, w = arrays
+    has_va = idx_va is not None
+    gsns, infos = [], []
+    for e in range(int(recipe.ensemble)):
+        net, info = _fit_net(
+            X[idx_tr], flux[idx_tr], w[idx_tr],
+            X[idx_va] if has_va else None, flux[idx_va] if has_va else None, w[idx_va] if has_va else None,
+            hidden=recipe.hidden_widths, activation=recipe.activation, dropout=recipe.dropout,
+            batch_size=recipe.batch_size, lr=recipe.lr, weight_decay=recipe.weight_decay, device=device,
+            progress=progress, epochs=epochs, patience=patience, seed=seed0 + 7919 * e,
+            desc=desc + (f" member {e + 1}/{recipe.ensemble}" if recipe.ensemble > 1 else ""),
+        )
+        gsns.append(_gsn_from_net(net, template, None, {}))
+        infos.append(info)
+    return (merge_ensemble(gsns) if len(gsns) > 1 else gsns[0]), infos
+
+
+def _cross_validate(
+    arrays: tuple[np.ndarray, np.ndarray, np.ndarray], lab: np.ndarray, fold: np.ndarray, k_list: list[int], *,
+    recipe: TrainRecipe, template: dict[str, Any], device: torch.device, progress: bool, t0: float,
+) -> tuple[np.ndarray, list[dict[str, Any]], list[GSN]]:
+    """Train one model per held-out fold: (out-of-fold predictions (n_star, n_pix), NaN for
+    stars never held out; per-fold info; the fold models)."""
+    flux = arrays[1]
+    oof = np.full(flux.shape, np.nan, np.float32)
+    fold_info: list[dict[str, Any]] = []
+    fold_models: list[GSN] = []
+    kfold = recipe.folds >= 2
+    for k in k_list:
+        te = fold == k
+        name = f"fold {k + 1}/{recipe.folds}" if kfold else "holdout"
+        fm, infos = _train_members(
+            arrays, ~te, te, recipe=recipe, template=template, epochs=recipe.epochs, patience=recipe.patience,
+            seed0=recipe.seed + 1000 * (k + 1), desc=name if kfold else "train", device=device, progress=progress,
+        )
+        oof[te] = fm.predict(lab[te])
+        info = {
+            "best_epoch": int(np.median([i["best_epoch"] for i in infos])),
+            "member_best_epochs": [int(i["best_epoch"]) for i in infos],
+            "best_val_loss": float(np.mean([i["best_val_loss"] for i in infos])),
+            "epochs_run": int(sum(i["epochs_run"] for i in infos)),
+        }
+        _note(progress, f"{name}: best epoch {info['member_best_epochs']}, val loss {info['best_val_loss']:.4g} "
+                        f"({time.perf_counter() - t0:.1f} s so far)")
+        fold_info.append({"fold": int(k), "n_val": int(te.sum()), **info})
+        fold_models.append(fm)
+    return oof, fold_info, fold_models
+
+
+def _with_error(model: GSN, emulator_error: np.ndarray) -> GSN:
+    """A copy of ``model`` carrying ``emulator_error`` (n_pix,)."""
+    return GSN(
+        hidden_layers=model.hidden_layers, W_out=model.W_out, b_out=model.b_out, activation=model.activation,
+        label_names=model.label_names, label_units=model.label_units, bounds=model.bounds,
+        label_transforms=model.label_transforms, wavelength=model.wavelength, emulator_error=emulator_error,
+        normalisation=model.normalisation, meta=model.meta,
+    )
+
+
+def train_gsn(
+    train_ds: xr.Dataset | str | Path,
+    recipe: TrainRecipe | None = None,
+    *,
+    device: str | torch.device | None = None,
+    threads: int | None = None,
+    progress: bool = True,
+    **overrides: Any,
+) -> tuple[GSN, dict[str, Any]]:
+    """Train a GSN on a training cube (dataset or zarr path); returns (model, report).
+
+    ``recipe`` (default :data:`~gsn_dask.emulator_recipe.DEFAULT_RECIPE`) with ``overrides``
+    (recipe fields, e.g. ``epochs=20``; :class:`~gsn_dask.emulator_recipe.TrainRecipe` says what
+    each does). K-fold CV: each fold early-stops on its held-out stars, whose out-of-fold
+    predictions give the CV residuals and the per-pixel emulator error; the final model is then
+    trained on all stars for the median best epoch count. ``threads``: torch CPU threads;
+    ``progress``: bars on a terminal, one line per fold and a summary line otherwise.
+    This trains only: :func:`gsn_dask.calibration.train_and_calibrate` adds the label systematics.
+    ``report`` holds settings, timings, CV metrics, the arrays ``oof_pred``, ``fold``, ``flux``,
+    ``ivar``, ``label_values``, ``wavelength``, and ``cv_folds`` (:class:`CVFolds`).
+    """
+    t0 = time.perf_counter()
+    recipe = (recipe or DEFAULT_RECIPE).replace(**overrides)
+    train_ds, cube_path = _open_cube(train_ds)
+    data = prepare_training_data(
+        train_ds, labels=recipe.labels, wavelength_range=recipe.wavelength_range,
+        label_ranges=recipe.label_ranges, mask_telluric=recipe.mask_telluric,
+    )
+    lab, flux, ivar = data["label_values"], data["flux"], data["ivar"]
+    template = _template(data, recipe)
+    n_pix = flux.shape[1]
+    scaler = GSN(
+        hidden_layers=[(np.zeros((lab.shape[1], 1)), np.zeros(1))], W_out=np.zeros((1, n_pix)), b_out=np.zeros(n_pix),
+        activation=recipe.activation, **template,
+    )
+    arrays = (scaler.scale(lab), flux, pixel_weights(ivar, recipe.weight_floor))
+    dev = resolve_device(device)
+    run = {"template": template, "recipe": recipe, "device": dev, "progress": progress}
+    with _deterministic(recipe.seed, threads):
+        fold, k_list = _assign_folds(lab, recipe)
+        oof, fold_info, fold_models = _cross_validate(arrays, lab, fold, k_list, t0=t0, **run)
         val_mask = np.isfinite(oof[:, 0])
         resid = np.where(val_mask[:, None], oof - flux, np.nan)
         emu_err = robust_emulator_error(resid[val_mask], ivar[val_mask])
-        systematics = None
-        if label_systematics and fold_models:
-            from .fit.systematics import estimate_label_systematics
-
-            midx = np.full(n, -1, np.int64)
-            for j, k in enumerate(k_list):
-                midx[fold == k] = j
-                fold_models[j].emulator_error = emu_err
-            systematics = estimate_label_systematics(fold_models, flux, ivar, lab, midx, seed=seed, progress=progress)
-        best_epochs = [e for f in fold_info for e in f["member_best_epochs"]]
         t_cv = time.perf_counter() - t0
-        n_final = int(max(1, np.median(best_epochs)))
-        if folds >= 2 and final == "refit":
-            final_gsn, _ = train_members(np.ones(n, bool), None, n_ep=n_final, pat=0, seed0=seed, desc="final")
-        elif final in ("none", "fold0") or folds < 2:
-            final_gsn = fold_models[0]
-        else:
-            raise ValueError(f"final={final!r}: use 'refit' or 'none'")
+        n_final = int(max(1, np.median([e for f in fold_info for e in f["member_best_epochs"]])))
+        final_gsn = fold_models[0]
+        if recipe.folds >= 2 and recipe.final == "refit":
+            final_gsn, _ = _train_members(arrays, np.ones(lab.shape[0], bool), None, epochs=n_final, patience=0,
+                                          seed0=recipe.seed, desc="final", **run)
     t_total = time.perf_counter() - t0
     metrics = cv_metrics(resid[val_mask], ivar[val_mask], emu_err)
-    from . import __version__
-
-    label_sha = __import__("hashlib").sha256(np.ascontiguousarray(lab, "<f8").tobytes()).hexdigest()
-    meta = {
-        "package_version": __version__,
-        "training": {
-            "cube_path": cube_path,
-            "n_star_cube": data["n_star_cube"],
-            "n_star": int(n),
-            "labels_sha256": label_sha,
-            "cube_source": data["attrs"].get("source"),
-            "cube_version": data["attrs"].get("version") or data["attrs"].get("source_version"),
-            "cube_gsn_dask_version": data["attrs"].get("gsn_dask_version"),
-            "cube_schema": data["attrs"].get("schema"),
-            "config": cfg,
-            "final_epochs": int(n_final),
-            "train_time_s": round(t_total, 2),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        },
-        "cv": {**metrics, "folds": fold_info, "kind": "kfold" if folds >= 2 else "holdout"},
-    }
-    if systematics is not None:
-        meta["label_systematics"] = systematics
+    cfg = _config_record(data, recipe, dev, threads)
+    meta = _training_meta(data, recipe, cfg, cube_path, metrics, fold_info, n_final, t_total)
     if final_gsn.meta.get("ensemble"):
         meta["ensemble"] = final_gsn.meta["ensemble"]
     model = GSN(
         hidden_layers=final_gsn.hidden_layers, W_out=final_gsn.W_out, b_out=final_gsn.b_out,
         activation=final_gsn.activation, emulator_error=emu_err, meta=meta, **template,
     )
+    model_index = np.full(lab.shape[0], -1, np.int64)
+    for j, k in enumerate(k_list):
+        model_index[fold == k] = j
+    cv_folds = CVFolds([_with_error(m, emu_err) for m in fold_models], model_index, flux, ivar, lab, recipe.seed)
     report = {
-        "config": cfg, "n_star": int(n), "n_pix": int(n_pix), "train_time_s": t_total, "cv_time_s": t_cv,
-        "final_epochs": int(n_final), "folds": fold_info, **metrics,
+        "config": cfg, "recipe": recipe, "n_star": int(lab.shape[0]), "n_pix": int(n_pix), "train_time_s": t_total,
+        "cv_time_s": t_cv, "final_epochs": int(n_final), "folds": fold_info, **metrics,
         "oof_pred": oof, "fold": fold, "flux": flux, "ivar": ivar, "label_values": lab,
-        "wavelength": wave, "star": data["star"], "emulator_error": emu_err, "val_mask": val_mask,
-        "label_systematics": systematics,
+        "wavelength": data["wavelength"], "star": data["star"], "emulator_error": emu_err, "val_mask": val_mask,
+        "cv_folds": cv_folds,
     }
-    if keep_fold_models:
-        report["fold_models"] = fold_models
-    elif folds >= 2:
-        del fold_models
+    _note(progress, f"trained GSN {model.model_id} on {lab.shape[0]} stars x {n_pix} px "
+                    f"({'%d-fold CV' % recipe.folds if recipe.folds >= 2 else 'holdout'}, final {n_final} epochs) "
+                    f"in {t_total:.1f} s: CV median |resid| {metrics['cv_resid_per_pixel_median']:.4g}, "
+                    f"emulator error median {metrics['emulator_error_median']:.4g}")
     return model, report
 
 
-def cv_metrics(resid: np.ndarray, ivar: np.ndarray, emu_err: np.ndarray) -> dict[str, float]:
-    """Summary numbers of validation residuals (stars x pixels, NaN/ivar 0 ignored)."""
-    good = (ivar > 0) & np.isfinite(resid)
-    r = np.where(good, resid, np.nan)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        med_abs_pix = np.nanmedian(np.abs(r), axis=0)
-        mad_pix = 1.4826 * np.nanmedian(np.abs(r - np.nanmedian(r, axis=0)), axis=0)
-        noise_pix = np.nanmedian(np.where(good, 1 / np.sqrt(np.where(good, ivar, 1)), np.nan), axis=0)
-        chi = r * np.sqrt(np.where(good, ivar, 0))
-        chi_tot = r / np.sqrt(np.where(good, 1 / np.where(good, ivar, 1), np.nan) + emu_err[None, :] ** 2)
+def _config_record(data: dict[str, Any], recipe: TrainRecipe, device: torch.device, threads: int | None) -> dict:
+    """``model.json`` ``training.config``: the recipe as resolved for this cube, plus device/threads."""
+    names = data["labels"]
     return {
-        "cv_median_abs_resid": float(np.nanmedian(np.abs(r))),
-        "cv_resid_per_pixel_median": float(np.nanmedian(med_abs_pix)),
-        "cv_scatter_per_pixel_median": float(np.nanmedian(mad_pix)),
-        "noise_per_pixel_median": float(np.nanmedian(noise_pix)),
-        "cv_rms_weighted_chi": float(np.sqrt(np.nanmean(chi**2))),
-        "cv_chi_mad_std": float(1.4826 * np.nanmedian(np.abs(chi))),
-        "cv_chi_tot_mad_std": float(1.4826 * np.nanmedian(np.abs(chi_tot))),
-        "emulator_error_median": float(np.median(emu_err)),
-        "emulator_error_p90": float(np.percentile(emu_err, 90)),
+        "labels": names, "hidden": recipe.hidden_widths, "activation": recipe.activation,
+        "label_transforms": {nm: recipe.label_transforms.get(nm, "identity") for nm in names},
+        "epochs": recipe.epochs, "batch_size": recipe.batch_size, "lr": recipe.lr,
+        "weight_decay": recipe.weight_decay, "dropout": recipe.dropout, "patience": recipe.patience,
+        "folds": recipe.folds, "val_fraction": recipe.val_fraction, "weight_floor": recipe.weight_floor,
+        "seed": recipe.seed, "device": str(device), "threads": threads, "wavelength_range": recipe.wavelength_range,
+        "label_ranges": recipe.label_ranges, "mask_telluric": recipe.mask_telluric, "final": recipe.final,
+        "ensemble": int(recipe.ensemble), "label_systematics": bool(recipe.label_systematics),
     }
 
 
-# ------------------------------------------------------------------------ diagnostics
-def diagnostics_figure(report: dict[str, Any], path: str | Path, n_worst: int = 3) -> Path:
-    """PNG: (top) validation residual scatter per pixel vs wavelength compared with the median
-    noise and the emulator error; (below) the ``n_worst`` worst-fit validation spectra."""
-    import matplotlib
+def _training_meta(
+    data: dict[str, Any], recipe: TrainRecipe, cfg: dict, cube_path: str | None, metrics: dict[str, float],
+    fold_info: list[dict[str, Any]], n_final: int, t_total: float,
+) -> dict[str, Any]:
+    """The provenance part of ``model.json``: package version, training set and settings, CV."""
+    from ._version import __version__
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    wave, flux, ivar, pred = report["wavelength"], report["flux"], report["ivar"], report["oof_pred"]
-    vm = report["val_mask"]
-    good = (ivar > 0) & vm[:, None]
-    r = np.where(good, pred - flux, np.nan)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        scat = 1.4826 * np.nanmedian(np.abs(r - np.nanmedian(r, axis=0)), axis=0)
-        noise = np.nanmedian(np.where(good, 1 / np.sqrt(np.where(good, ivar, 1)), np.nan), axis=0)
-        chi = np.nanmedian(np.abs(r) * np.sqrt(np.where(good, ivar, 0)), axis=1)
-        chi = np.where(vm, chi, -np.inf)
-    worst = np.argsort(chi)[::-1][:n_worst]
-    fig, axes = plt.subplots(1 + len(worst), 1, figsize=(11, 2.6 * (1 + len(worst))), sharex=True)
-    axes = np.atleast_1d(axes)
-    ax = axes[0]
-    ax.plot(wave, scat, lw=0.6, label="CV residual scatter (1.4826 MAD)")
-    ax.plot(wave, noise, lw=0.6, label="median noise 1/sqrt(ivar)")
-    ax.plot(wave, report["emulator_error"], lw=0.6, label="emulator error (beyond noise)")
-    ax.set_yscale("log")
-    ax.set_ylabel("normalised flux")
-    ax.legend(fontsize=7, loc="upper right")
-    ax.set_title(
-        f"GSN cross-validation: {report['n_star']} stars, median |resid| {report['cv_median_abs_resid']:.4f}",
-        fontsize=9,
-    )
-    names = report["config"]["labels"]
-    for ax, i in zip(axes[1:], worst):
-        g = ivar[i] > 0
-        ax.plot(wave, np.where(g, flux[i], np.nan), lw=0.5, color="k", label="data")
-        ax.plot(wave, pred[i], lw=0.5, color="C3", label="emulator (out-of-fold)")
-        lab = ", ".join(f"{n}={v:.4g}" for n, v in zip(names, report["label_values"][i]))
-        ax.set_title(f"{report['star'][i]}: {lab}  (median |chi| {chi[i]:.2f})", fontsize=8)
-        ax.set_ylabel("flux")
-        ax.legend(fontsize=7, loc="lower right")
-    axes[-1].set_xlabel("vacuum wavelength [A]")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
-
-
-# ------------------------------------------------------------------------ fixtures
-def analytic_cube(
-    n_star: int = 400,
-    *,
-    wavelength: np.ndarray | None = None,
-    snr: float | None = None,
-    seed: int = 0,
-    alpha: bool = False,
-) -> xr.Dataset:
-    """A synthetic normalised training cube of smooth analytic spectra (tests, benchmarks).
-
-    Flux = 1 - sum of Gaussian lines whose depths/widths depend smoothly (nonlinearly) on
-    teff (3500-8000 K), logg (0-5), feh (-2.5..0.5) [and alpha_fe (-0.2..0.6)], plus Balmer-like
-    lines. ``snr=None``: noiseless (ivar 1e8)."""
-    from .cube import log_lambda_grid, make_spectra
-
-    rng = np.random.default_rng(seed)
-    w = log_lambda_grid(4000, 4500) if wavelength is None else np.asarray(wavelength, np.float64)
-    teff = rng.uniform(3500, 8000, n_star)
-    logg = rng.uniform(0, 5, n_star)
-    feh = rng.uniform(-2.5, 0.5, n_star)
-    afe = rng.uniform(-0.2, 0.6, n_star)
-    lines = np.random.default_rng(12345).uniform(w[0], w[-1], 60)
-    exc = np.random.default_rng(54321).uniform(0, 5, lines.size)
-    kind = np.arange(lines.size) % 4
-    theta = 5040.0 / teff
-    flux = np.ones((n_star, w.size))
-    for c, chi, kd in zip(lines, exc, kind):
-        strength = 10 ** (feh + (afe if alpha and kd == 3 else 0) - theta * chi * 0.3 + 0.3 * (kd == 1) * (logg - 3) / 2)
-        depth = 0.8 * strength / (1 + strength)
-        width = 1.2 + 0.3 * (logg - 2.5) * (kd == 2) + 0.1 * kd
-        flux -= depth[:, None] * np.exp(-0.5 * ((w[None, :] - c) / width[:, None]) ** 2)
-    for c in (4102.9, 4341.7, 4862.7, 6564.6):  # Balmer-like, peaks near 9500 K
-        depth = 0.6 * np.exp(-0.5 * ((teff - 9500) / 3000) ** 2)
-        width = 3 + 4 * (logg / 5)
-        flux -= depth[:, None] * np.exp(-np.abs((w[None, :] - c) / width[:, None]) ** 1.5)
-    flux = np.clip(flux, 0.02, None)
-    if snr is None:
-        ivar = np.full_like(flux, 1e8)
-    else:
-        sig = flux / snr
-        flux = flux + rng.normal(size=flux.shape) * sig
-        ivar = 1 / sig**2
-    labels = {"teff": teff, "logg": logg, "feh": feh}
-    if alpha:
-        labels["alpha_fe"] = afe
-    return make_spectra(
-        [f"s{i:05d}" for i in range(n_star)], w, flux, ivar, labels=labels, normalised=True,
-        source=["analytic"] * n_star, attrs={"source": "analytic", "version": "1",
-        "normalisation": json.dumps({"method": "none", "note": "analytic spectra are normalised"})},
-    )
+    attrs = data["attrs"]
+    return {
+        "package_version": __version__,
+        "training": {
+            "cube_path": cube_path,
+            "n_star_cube": data["n_star_cube"],
+            "n_star": int(data["label_values"].shape[0]),
+            "labels_sha256": hashlib.sha256(np.ascontiguousarray(data["label_values"], "<f8").tobytes()).hexdigest(),
+            "cube_source": attrs.get("source"),
+            "cube_version": attrs.get("version") or attrs.get("source_version"),
+            "cube_gsn_dask_version": attrs.get("gsn_dask_version"),
+            "cube_schema": attrs.get("schema"),
+            "config": cfg,
+            "recipe": recipe.to_json(),
+            "recipe_is_default": recipe == DEFAULT_RECIPE,
+            "final_epochs": int(n_final),
+            "train_time_s": round(t_total, 2),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+        "cv": {**metrics, "folds": fold_info, "kind": "kfold" if recipe.folds >= 2 else "holdout"},
+    }
 
 
 __all__ = [
+    "CVFolds",
     "GSNNet",
     "analytic_cube",
     "cv_metrics",

@@ -30,7 +30,7 @@ THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
 _CACHE: dict[tuple[str, str], GSN] = {}
 _LOCK = threading.Lock()
 _MAX_MODELS = 4
-#: loads done by this process (for tests: the model is loaded once per worker)
+#: models loaded from disk by this process (reported by :func:`stats`: once per worker and model)
 load_count = 0
 _threadpool_limiter: Any = None
 
@@ -119,11 +119,8 @@ def configure_threads(n_threads: int = 1) -> dict[str, Any]:
     except ImportError:
         done["threadpoolctl"] = False
     if "torch" in sys.modules:
-        try:
-            sys.modules["torch"].set_num_threads(n)
-            done["torch"] = True
-        except Exception:  # noqa: BLE001 - torch partly imported / odd build
-            done["torch"] = False
+        sys.modules["torch"].set_num_threads(n)
+        done["torch"] = True
     return done
 
 

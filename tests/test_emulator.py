@@ -282,3 +282,48 @@ def test_block_diagonal_layers_are_multiplied_by_blocks():
     np.testing.assert_allclose(block_matmul(x, blocks), x @ W, rtol=1e-5, atol=1e-6)
     W[0, 14] = 1e-3  # one off-block entry: dense
     assert _find_blocks(W) is None and diagonal_blocks(W, 3) is None
+
+
+def test_label_units_are_defined_once():
+    import gsn_dask.cube
+    import gsn_dask.grid.phoenix
+    from gsn_dask.labels import LABEL_UNITS, canonical_order, label_unit
+
+    assert gsn_dask.cube.LABEL_UNITS is LABEL_UNITS and gsn_dask.grid.phoenix.LABEL_UNITS is LABEL_UNITS
+    assert random_model().label_units == ["K", "dex", "dex"]
+    assert label_unit("vsini") == "" and label_unit("teff") == "K"
+    assert canonical_order(["zeta", "feh", "alpha_fe", "teff", "a"]) == ["teff", "feh", "alpha_fe", "a", "zeta"]
+
+
+def test_default_normalisation_is_the_cube_record_or_the_grid_recipe():
+    from gsn_dask.emulator import default_normalisation
+    from gsn_dask.grid.prepare import DEFAULT_NORMALISATION
+
+    assert default_normalisation({}) == DEFAULT_NORMALISATION
+    assert default_normalisation(None) is not DEFAULT_NORMALISATION  # a copy, safe to change
+    assert default_normalisation({"normalisation": '{"method": "x"}'}) == {"method": "x"}
+    assert default_normalisation({"normalisation": "by hand"}) == {"description": "by hand"}
+
+
+def test_emulator_modules_import_neither_torch_nor_the_fitter():
+    """The numpy GSN and the training recipe load without torch, the fitter or the calibration."""
+    code = (
+        "import sys, gsn_dask\n"
+        "before = set(sys.modules)\n"  # what the package itself loads (its lazy API)
+        "import gsn_dask.emulator, gsn_dask.emulator_recipe, gsn_dask.labels\n"
+        "new = set(sys.modules) - before\n"
+        "bad = sorted(m for m in new if m == 'torch' or m.startswith(('gsn_dask.fit', 'gsn_dask.calibration')))\n"
+        "print(bad); sys.exit(1 if bad else 0)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_saving_the_same_model_gives_the_same_bytes(tmp_path):
+    """The weights file (and so the sha256 runs record) depends only on the model."""
+    m = random_model()
+    for i in range(6):
+        m.save(tmp_path / f"m{i}")
+    first = (tmp_path / "m0" / "weights.safetensors").read_bytes()
+    assert all((tmp_path / f"m{i}" / "weights.safetensors").read_bytes() == first for i in range(1, 6))
+    assert load_model(tmp_path / "m3").sha256 == m.sha256

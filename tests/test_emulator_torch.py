@@ -195,3 +195,53 @@ def test_merge_ensemble_predicts_the_mean(trained):
     assert ens.layer_blocks[0] is None and all(b.shape == (2, 48, 48) for b in ens.layer_blocks[1:])
     with pytest.raises(ValueError, match="differ"):
         merge_ensemble([model, other])
+
+
+def test_progress_in_a_log_is_one_line_per_stage(capsys):
+    """Not on a terminal (pytest captures stderr): no progress-bar redraws, one line per fold
+    and a summary line at the end."""
+    ds = analytic_cube(40, wavelength=WAVE, seed=6)
+    model, _ = train_gsn(ds, hidden=8, epochs=12, folds=3, seed=0, threads=1, progress=True)
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert "\r" not in err and "it/s" not in err
+    assert len(lines) == 4, err  # fold 1/3, 2/3, 3/3, summary
+    assert lines[-1].startswith("[gsn-dask train] trained GSN " + model.model_id)
+    train_gsn(ds, hidden=8, epochs=2, folds=2, seed=0, threads=1, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_recipe_is_recorded_and_ranges_may_select_on_any_label(tmp_path):
+    from gsn_dask.emulator_recipe import DEFAULT_RECIPE, TrainRecipe
+
+    ds = analytic_cube(80, wavelength=WAVE, seed=8)
+    feh = ds["label_feh"].values
+    model, rep = train_gsn(ds, labels=["teff", "logg"], label_ranges={"feh": (-1.0, 0.5)}, hidden=8, epochs=2,
+                           folds=2, threads=1, progress=False)
+    assert rep["n_star"] == int(np.sum((feh >= -1.0) & (feh <= 0.5))) < 80
+    assert model.label_names == ["teff", "logg"]
+    model.save(tmp_path / "m")
+    training = json.loads((tmp_path / "m" / "model.json").read_text())["training"]
+    recipe = TrainRecipe.from_json(training["recipe"])
+    assert recipe == DEFAULT_RECIPE.replace(labels=("teff", "logg"), label_ranges={"feh": (-1.0, 0.5)}, hidden=8,
+                                            epochs=2, folds=2)
+    assert training["recipe_is_default"] is False and training["config"]["hidden"] == [8, 8, 8]
+    with pytest.raises(ValueError, match="unknown training setting"):
+        train_gsn(ds, epoch=3)
+    with pytest.raises(ValueError, match="does not have"):
+        train_gsn(ds, label_ranges={"vsini": (0, 10)}, epochs=1, progress=False)
+
+
+def test_cli_without_label_systematics_and_all_stars(tmp_path, capsys):
+    from gsn_dask.cli import main
+
+    cube = tmp_path / "train.zarr"
+    write_spectra(analytic_cube(40, wavelength=WAVE, snr=80, seed=5), cube)
+    rc = main(["train", str(cube), "--out", str(tmp_path / "m"), "--hidden", "8", "--epochs", "2", "--folds", "2",
+               "--threads", "1", "--no-label-systematics", "--all-stars", "--no-figure", "--no-progress"])
+    assert rc == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""  # --no-progress: nothing on stderr
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert "label_systematics" not in meta
+    assert meta["training"]["recipe"]["label_ranges"] is None and meta["training"]["recipe"]["label_systematics"] is False

@@ -66,7 +66,7 @@ FLUX_UNIT = "erg/s/cm^2/cm"
 PHOENIX_NPIX = 1569128
 
 LABELS = ("teff", "logg", "feh", "alpha_fe")
-LABEL_UNITS = {"teff": "K", "logg": "dex", "feh": "dex", "alpha_fe": "dex"}
+from ..labels import LABEL_UNITS  # noqa: E402 - defined once, in gsn_dask.labels
 
 #: Grid nodes of the HiRes grid (Husser et al. 2013, Table 1; the Goettingen web site).
 TEFF_NODES: tuple[float, ...] = tuple(float(t) for t in [*range(2300, 7000, 100), *range(7000, 12001, 200)])

@@ -1,6 +1,7 @@
-"""Per-label systematic uncertainty of a GSN, measured by its training cross-validation.
+"""Calibration: the per-label systematic uncertainty of a GSN, measured by its training
+cross-validation, as a step after training (``gsn-dask train`` runs both).
 
-The posterior (:mod:`.posterior`) knows the noise and the per-pixel emulator error, so on
+The posterior (:mod:`gsn_dask.fit.posterior`) knows the noise and the per-pixel emulator error, so on
 emulator-made spectra its intervals are right (injection coverage ~68%). On real stars the
 spread of (fit - reference label) is several times wider: the emulator's label scale inherits
 the errors of the training labels and its own interpolation errors, and these are correlated
@@ -8,32 +9,61 @@ across all pixels, so no per-pixel error term can express them (a low-rank pixel
 from the CV residuals, rank 32, only halved the z spread in our MILES test).
 
 So the calibration is done in label space. Every training star is fitted (MAP + Laplace
-covariance, :func:`.start.find_map`) by the fold model that did not see it; per label the
+covariance, :func:`gsn_dask.fit.start.find_map`) by the fold model that did not see it; per label the
 systematic sigma is the value that makes the robust spread of
 ``z = (fit - label) / hypot(sigma_stat, sigma)`` one (median |z| = 0.6745, as for a unit
 Gaussian; robust to the few stars whose reference labels are wrong), overall and in quantile
 bins of the fitted Teff (the errors of cool and hot stars are twice those of solar-type stars
 in MILES). The fit then widens each star's 68% interval in quadrature by the value of its Teff
-bin (:func:`.result.widen_intervals`).
+bin (:func:`gsn_dask.fit.result.widen_intervals`).
 
 The reference labels' own errors are part of what this measures: intervals calibrated this way
 cover the *reference* values 68% of the time, which is what a validation against a survey or
 the literature checks.
+
+Layer 5: imports the emulator and the fitter; the emulator modules never import this one.
 """
 from __future__ import annotations
 
 import logging
+import sys
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .config import FitConfig
-from .posterior import SpectrumPosterior
-from .start import find_map
+from .emulator import GSN
+from .emulator_recipe import TrainRecipe
+from .fit.config import FitConfig
+from .fit.posterior import SpectrumPosterior
+from .fit.start import find_map
+
+if TYPE_CHECKING:  # pragma: no cover - typing only (torch is needed to train, not to calibrate)
+    import xarray as xr
+
+    from .emulator_torch import CVFolds
 
 log = logging.getLogger(__name__)
+
+
+def _bar(it: Iterable[int], progress: bool) -> Iterable[int]:
+    """A tqdm bar over the CV fits on a terminal only (``disable=None``), else ``it`` itself."""
+    if not progress:
+        return it
+    from tqdm.auto import tqdm
+
+    return tqdm(it, desc="label systematics (CV fits)", unit="star", disable=None, leave=False)
+
+
+def _note(progress: bool, msg: str) -> None:
+    """The summary line of the step: on stderr with ``progress``, else at INFO."""
+    if progress:
+        print(f"[gsn-dask train] {msg}", file=sys.stderr, flush=True)
+    else:
+        log.info(msg)
+
 
 #: median |z| of a unit Gaussian (Phi^-1(0.75)).
 MEDIAN_ABS_Z = 0.6744897501960817
@@ -102,15 +132,7 @@ def estimate_label_systematics(
     fit = np.full((idx.size, L), np.nan)
     sd = np.full((idx.size, L), np.nan)
     t0 = time.perf_counter()
-    it = range(idx.size)
-    if progress:
-        try:
-            from tqdm.auto import tqdm
-
-            it = tqdm(it, desc="label systematics (CV fits)", unit="star")
-        except ImportError:
-            pass
-    for j in it:
+    for j in _bar(range(idx.size), progress):
         i = int(idx[j])
         try:
             post = SpectrumPosterior(models[int(model_index[i])], flux[i], ivar[i], cfg)
@@ -159,9 +181,49 @@ def estimate_label_systematics(
             out["binned"] = {"by": by, "edges": [float(e) for e in edges],
                              "sigma": {n: [float(x) for x in vals] for n, vals in binned.items()},
                              "n_star": [int((k == b).sum()) for b in range(n_bins)]}
-    log.info("label systematics from %d CV stars: %s (z spread without: %s)", out["n_star"],
-             sigma, z0)
+    _note(progress, f"label systematics from {out['n_star']} CV stars in {out['time_s']:.1f} s: sigma "
+                    + ", ".join(f"{n} {v:.4g}" if v is not None else f"{n} -" for n, v in sigma.items()))
     return out
 
 
-__all__ = ["MEDIAN_ABS_Z", "estimate_label_systematics", "solve_sigma_sys"]
+def calibrate(model: GSN, cv_folds: CVFolds, *, config: FitConfig | None = None, progress: bool = False) -> dict[str, Any]:
+    """Measure the label systematics of a freshly trained ``model`` from its cross-validation
+    (``cv_folds``, from :func:`gsn_dask.emulator_torch.train_gsn`'s report) and store the record
+    in ``model.meta["label_systematics"]`` (written to ``model.json`` by ``model.save``); returns
+    the record. The fold models fit their held-out stars (at most 800, a subset fixed by the
+    training seed) with ``config`` (default :class:`~gsn_dask.fit.config.FitConfig`)."""
+    if not cv_folds.models:
+        raise ValueError("no fold models: the training kept no cross-validation to calibrate with")
+    if list(cv_folds.models[0].label_names) != list(model.label_names):
+        raise ValueError(f"fold models emulate {cv_folds.models[0].label_names}, the model {model.label_names}")
+    record = estimate_label_systematics(
+        cv_folds.models, cv_folds.flux, cv_folds.ivar, cv_folds.labels, cv_folds.model_index,
+        config=config, seed=cv_folds.seed, progress=progress,
+    )
+    model.meta["label_systematics"] = record
+    return record
+
+
+def train_and_calibrate(
+    train_ds: xr.Dataset | str | Path,
+    recipe: TrainRecipe | None = None,
+    *,
+    device: str | None = None,
+    threads: int | None = None,
+    progress: bool = True,
+    **overrides: Any,
+) -> tuple[GSN, dict[str, Any]]:
+    """What ``gsn-dask train`` does: :func:`gsn_dask.emulator_torch.train_gsn` with ``recipe``
+    (default :data:`~gsn_dask.emulator_recipe.DEFAULT_RECIPE`) and ``overrides``, then, when the
+    recipe's ``label_systematics`` is on, :func:`calibrate`. Returns (model, report); the
+    report's ``label_systematics`` is the record (None when skipped). Needs torch."""
+    from .emulator_torch import train_gsn
+
+    model, report = train_gsn(train_ds, recipe, device=device, threads=threads, progress=progress, **overrides)
+    report["label_systematics"] = None
+    if report["recipe"].label_systematics:
+        report["label_systematics"] = calibrate(model, report["cv_folds"], progress=progress)
+    return model, report
+
+
+__all__ = ["MEDIAN_ABS_Z", "calibrate", "estimate_label_systematics", "solve_sigma_sys", "train_and_calibrate"]

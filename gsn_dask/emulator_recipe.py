@@ -1,0 +1,138 @@
+"""The GSN training recipe: one definition of how ``gsn-dask train`` makes a model.
+
+:data:`DEFAULT_RECIPE` holds the best-measured settings (the MILES recipe that the demo uses):
+``gsn-dask train`` with no options, :func:`gsn_dask.emulator_torch.train_gsn` and
+:func:`gsn_dask.calibration.train_and_calibrate` with no overrides all train it, and every
+model records the recipe it was made with in ``model.json`` (``training.recipe``).
+Numpy only (no torch): the command line builds its options from it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .emulator import ACTIVATIONS, LABEL_TRANSFORMS
+
+#: Ways to make the final model after K-fold CV: retrain on all stars, or keep fold 0's model.
+FINAL_MODES = ("refit", "none")
+
+
+def _teff_range() -> dict[str, tuple[float, float]]:
+    return {"teff": (3000.0, 12000.0)}
+
+
+def _teff_log10() -> dict[str, str]:
+    return {"teff": "log10"}
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    """Settings of one GSN training and its label-systematics calibration.
+
+    Network: ``n_hidden_layers`` hidden layers of ``hidden`` units (or one width per layer),
+    ``activation``; ``label_transforms`` (label -> ``log10``/``identity``, others identity)
+    before the min-max scaling. Optimiser: AdamW (``lr`` peak, ``weight_decay``), ``batch_size``,
+    at most ``epochs`` per fold with early stopping after ``patience`` epochs without gain,
+    ``dropout``. ``folds`` >= 2: K-fold CV, else one held-out split of ``val_fraction``;
+    ``final``: ``refit`` (all stars, median best epoch count) or ``none`` (fold 0's model).
+    ``weight_floor`` (normalised flux) is added in quadrature to the noise in the loss weights.
+    Data: ``labels`` (None: those of the cube), ``label_ranges`` (label -> (lo, hi), stars
+    outside are not used; Teff in K), ``wavelength_range`` (vacuum Angstrom, None: all),
+    ``mask_telluric``. ``ensemble`` networks are averaged into one GSN. ``label_systematics``:
+    run the calibration step after training. ``seed`` fixes folds, initialisation and batches.
+    """
+
+    labels: tuple[str, ...] | None = None
+    hidden: int | tuple[int, ...] = 256
+    n_hidden_layers: int = 3
+    activation: str = "silu"
+    label_transforms: Mapping[str, str] = field(default_factory=_teff_log10)
+    epochs: int = 300
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    dropout: float = 0.0
+    patience: int = 50
+    folds: int = 3
+    val_fraction: float = 0.1
+    weight_floor: float = 0.01
+    seed: int = 0
+    wavelength_range: tuple[float, float] | None = None
+    label_ranges: Mapping[str, tuple[float, float]] | None = field(default_factory=_teff_range)
+    mask_telluric: bool = False
+    final: str = "refit"
+    ensemble: int = 1
+    label_systematics: bool = True
+
+    def __post_init__(self) -> None:
+        fix = object.__setattr__  # frozen: normalise the containers once, here
+        if self.labels is not None:
+            fix(self, "labels", tuple(str(n) for n in self.labels))
+        if not isinstance(self.hidden, int):
+            fix(self, "hidden", tuple(int(h) for h in self.hidden))
+        fix(self, "label_transforms", {str(k): str(v) for k, v in dict(self.label_transforms or {}).items()})
+        if self.wavelength_range is not None:
+            fix(self, "wavelength_range", tuple(float(x) for x in self.wavelength_range))
+        if self.label_ranges is not None:
+            fix(self, "label_ranges", {str(k): (float(lo), float(hi)) for k, (lo, hi) in dict(self.label_ranges).items()})
+        self._check()
+
+    def _check(self) -> None:
+        bad = []
+        if self.activation not in ACTIVATIONS:
+            bad.append(f"activation {self.activation!r} (choose from {sorted(ACTIVATIONS)})")
+        bad += [f"label transform {t!r} of {n}" for n, t in self.label_transforms.items() if t not in LABEL_TRANSFORMS]
+        widths = (self.hidden,) if isinstance(self.hidden, int) else self.hidden
+        if not widths or min(widths) < 1 or self.n_hidden_layers < 1:
+            bad.append(f"hidden {self.hidden!r} x {self.n_hidden_layers} layers")
+        for name in ("epochs", "batch_size", "ensemble"):
+            if int(getattr(self, name)) < 1:
+                bad.append(f"{name} = {getattr(self, name)!r} (must be >= 1)")
+        if not (0.0 < self.val_fraction < 1.0) or not (0.0 <= self.dropout < 1.0) or self.lr <= 0:
+            bad.append(f"val_fraction {self.val_fraction}, dropout {self.dropout}, lr {self.lr}")
+        if self.final not in FINAL_MODES:
+            bad.append(f"final {self.final!r} (use one of {FINAL_MODES})")
+        bad += [f"label range {n} = ({lo}, {hi})" for n, (lo, hi) in (self.label_ranges or {}).items() if not lo <= hi]
+        if self.wavelength_range is not None and not self.wavelength_range[0] < self.wavelength_range[1]:
+            bad.append(f"wavelength_range {self.wavelength_range}")
+        if bad:
+            raise ValueError("bad training recipe: " + "; ".join(bad))
+
+    @property
+    def hidden_widths(self) -> list[int]:
+        """The width of each hidden layer."""
+        if isinstance(self.hidden, int):
+            return [int(self.hidden)] * int(self.n_hidden_layers)
+        return [int(h) for h in self.hidden]
+
+    def replace(self, **changes: Any) -> TrainRecipe:
+        """A copy with ``changes``; an unknown setting is a ``ValueError`` naming the known ones."""
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ValueError(f"unknown training setting(s) {unknown}; known: {sorted(f.name for f in dataclasses.fields(self))}")
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        """The recipe as plain JSON types (tuples become lists)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, tuple):
+                v = list(v)
+            elif isinstance(v, Mapping):
+                v = {k: (list(x) if isinstance(x, tuple) else x) for k, x in v.items()}
+            out[f.name] = v
+        return out
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> TrainRecipe:
+        """The recipe of a ``model.json`` ``training.recipe`` record (:meth:`to_json`)."""
+        return cls().replace(**dict(record))
+
+
+#: The best-measured recipe (MILES, 3000-12000 K: see benchmarks/ and the demo).
+DEFAULT_RECIPE = TrainRecipe()
+
+__all__ = ["DEFAULT_RECIPE", "FINAL_MODES", "TrainRecipe"]

@@ -1,0 +1,165 @@
+"""Calibration: the label-systematics estimate from held-out fits, and the step after training
+(``train_and_calibrate``, ``gsn-dask train``) that stores it in the model."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from gsn_dask.calibration import MEDIAN_ABS_Z, calibrate, estimate_label_systematics, solve_sigma_sys
+from gsn_dask.fit.config import FitConfig
+from gsn_dask.fit.result import systematics_from_record
+from gsn_dask.fit.testing import noisy_spectrum, toy_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    """Toy GSN: teff/logg/feh, 3 x 64 SiLU units, LAMOST grid 3750-8900 A."""
+    return toy_model(("teff", "logg", "feh"), hidden=(64, 64, 64), n_train=1500, seed=0)
+
+
+def draw(model, labels, *, snr=30.0, rv=0.0, seed=0):
+    return noisy_spectrum(model, np.asarray(labels, float), snr=snr, rv=rv, rng=np.random.default_rng(seed))
+
+
+def test_solve_sigma_sys_recovers_a_gaussian_floor():
+    rng = np.random.default_rng(0)
+    s = rng.uniform(5.0, 20.0, 4000)
+    d = rng.normal(0.0, np.hypot(s, 50.0))
+    assert solve_sigma_sys(d, s) == pytest.approx(50.0, rel=0.06)
+    z = np.median(np.abs(d) / np.hypot(s, solve_sigma_sys(d, s)))
+    assert z == pytest.approx(MEDIAN_ABS_Z, rel=1e-6)
+    # statistical errors that already explain the spread: no floor (or a negligible one)
+    assert solve_sigma_sys(rng.normal(0.0, s), s) < 3.0
+    assert solve_sigma_sys(rng.normal(0.0, 0.5 * s), s) == 0.0
+    assert np.isnan(solve_sigma_sys(np.array([np.nan]), np.array([1.0])))
+
+
+def test_estimate_recovers_reference_label_noise(model):
+    """Spectra made at the true labels, 'reference' labels = truth + known noise: the CV
+    estimate must find that noise as the systematic floor (and the statistical z is too wide)."""
+    rng = np.random.default_rng(5)
+    lo, hi = model.bounds[:, 0], model.bounds[:, 1]
+    n = 60
+    truth = lo + (hi - lo) * (0.2 + 0.6 * rng.random((n, 3)))
+    noise = np.array([120.0, 0.25, 0.12])
+    ref = truth + rng.normal(size=(n, 3)) * noise
+    flux, ivar = zip(*(draw(model, t, snr=80, rv=rng.uniform(-50, 50), seed=i) for i, t in enumerate(truth)))
+    out = estimate_label_systematics([model], np.array(flux), np.array(ivar), ref, np.zeros(n, int),
+                                     config=FitConfig(n_coarse=256), max_stars=None)
+    assert out["n_star"] == n
+    got = np.array([out["sigma"][k] for k in ("teff", "logg", "feh")])
+    assert np.all((got > 0.6 * noise) & (got < 1.5 * noise)), got
+    assert all(out["z_std_stat"][k] > 2.0 for k in out["z_std_stat"])
+    assert all(abs(out["z_std_total"][k] - 1.0) < 1e-6 for k in out["z_std_total"])
+
+
+def test_estimate_bins_by_teff(model):
+    """With enough stars the estimate also gives Teff-binned values (quantile bins of the fit)."""
+    rng = np.random.default_rng(8)
+    lo, hi = model.bounds[:, 0], model.bounds[:, 1]
+    n = 40
+    truth = lo + (hi - lo) * (0.2 + 0.6 * rng.random((n, 3)))
+    ref = truth + rng.normal(size=(n, 3)) * np.array([100.0, 0.2, 0.1])
+    flux, ivar = zip(*(draw(model, t, snr=60, seed=100 + i) for i, t in enumerate(truth)))
+    out = estimate_label_systematics([model], np.array(flux), np.array(ivar), ref, np.zeros(n, int),
+                                     config=FitConfig(n_coarse=256), max_stars=None, min_per_bin=20)
+    b = out["binned"]
+    assert b["by"] == "teff" and len(b["edges"]) == 3 and sum(b["n_star"]) == n
+    assert all(len(v) == 2 and all(x >= 0 for x in v) for v in b["sigma"].values())
+    assert systematics_from_record(out, ["teff", "logg", "feh"]).by == "teff"
+
+
+def test_estimate_skips_stars_without_a_fold_model(model):
+    """``model_index == -1`` stars are not fitted; a star with too few pixels is skipped, not fatal."""
+    lo, hi = model.bounds[:, 0], model.bounds[:, 1]
+    truth = lo + (hi - lo) * np.linspace(0.3, 0.7, 6)[:, None]
+    flux, ivar = map(np.array, zip(*(draw(model, t, snr=50, seed=i) for i, t in enumerate(truth))))
+    ivar[1] = 0.0  # no usable pixel
+    idx = np.array([0, 0, -1, 0, -1, 0])
+    out = estimate_label_systematics([model], flux, ivar, truth, idx, config=FitConfig(n_coarse=256), max_stars=None)
+    assert out["n_star"] == 3
+    assert "binned" not in out  # too few stars for bins
+
+
+# ------------------------------------------------------------------ the step after training
+#: the rest trains networks: it needs the [torch] extra
+needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="training needs torch")
+
+
+@pytest.fixture(scope="module")
+def trained():
+    from gsn_dask.cube import log_lambda_grid
+    from gsn_dask.emulator_torch import analytic_cube, train_gsn
+
+    ds = analytic_cube(60, wavelength=log_lambda_grid(4000, 5000), snr=80, seed=5)  # > 500 px: fittable
+    return ds, *train_gsn(ds, hidden=16, epochs=6, folds=2, seed=1, threads=1, progress=False)
+
+
+@needs_torch
+def test_training_alone_keeps_its_folds_and_no_systematics(trained):
+    ds, model, rep = trained
+    assert "label_systematics" not in model.meta
+    cv = rep["cv_folds"]
+    assert len(cv.models) == 2 and cv.model_index.shape == (60,)
+    assert set(np.unique(cv.model_index)) == {0, 1}
+    np.testing.assert_array_equal(cv.model_index, rep["fold"])  # K-fold: fold k is held out by model k
+    for m in cv.models:  # the fold models carry the CV emulator error
+        np.testing.assert_array_equal(m.emulator_error, model.emulator_error)
+    np.testing.assert_array_equal(cv.labels, rep["label_values"])
+
+
+@needs_torch
+def test_calibrate_stores_the_record_and_is_deterministic(trained):
+    import copy
+
+    _, model, rep = trained
+    m1, m2 = copy.deepcopy(model), copy.deepcopy(model)
+    cfg = FitConfig(n_coarse=128, n_starts=1)
+    r1 = calibrate(m1, rep["cv_folds"], config=cfg)
+    r2 = calibrate(m2, rep["cv_folds"], config=cfg)
+    assert m1.meta["label_systematics"] is r1
+    assert r1["n_star"] > 40 and set(r1["sigma"]) == {"teff", "logg", "feh"}
+    assert {k: v for k, v in r1.items() if k != "time_s"} == {k: v for k, v in r2.items() if k != "time_s"}
+    assert m1.model_id == model.model_id  # the calibration changes no weight
+
+
+@needs_torch
+def test_train_and_calibrate_honours_the_recipe(tmp_path):
+    from gsn_dask.calibration import train_and_calibrate
+    from gsn_dask.cube import log_lambda_grid
+    from gsn_dask.emulator import load_model
+    from gsn_dask.emulator_torch import analytic_cube
+
+    ds = analytic_cube(40, wavelength=log_lambda_grid(4000, 5000), snr=80, seed=3)
+    kw = dict(hidden=8, epochs=3, folds=2, seed=0, threads=1, progress=False)
+    m_off, rep_off = train_and_calibrate(ds, label_systematics=False, **kw)
+    assert rep_off["label_systematics"] is None and "label_systematics" not in m_off.meta
+    m_on, rep_on = train_and_calibrate(ds, **kw)
+    assert m_on.model_id == m_off.model_id  # same network; calibration only adds a record
+    m_on.save(tmp_path / "m")
+    rec = json.loads((tmp_path / "m" / "model.json").read_text())["label_systematics"]
+    assert rec["n_star"] > 30 and rec["sigma"] == pytest.approx(rep_on["label_systematics"]["sigma"])
+    assert load_model(tmp_path / "m").meta["training"]["recipe"]["label_systematics"] is True
+
+
+@needs_torch
+def test_training_never_imports_the_fitter():
+    """Training a model (not only importing the module) loads neither gsn_dask.fit nor the calibration."""
+    code = (
+        "import sys, gsn_dask\n"
+        "before = set(sys.modules)\n"  # what the package itself loads (its lazy API)
+        "from gsn_dask.cube import log_lambda_grid\n"
+        "from gsn_dask.emulator_torch import analytic_cube, train_gsn\n"
+        "train_gsn(analytic_cube(30, wavelength=log_lambda_grid(4000, 4200), seed=0), hidden=4, epochs=2,"
+        " folds=2, threads=1, progress=False)\n"
+        "bad = sorted(m for m in set(sys.modules) - before if m.startswith(('gsn_dask.fit', 'gsn_dask.calibration')))\n"
+        "print(bad)\n"
+        "sys.exit(1 if bad else 0)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr

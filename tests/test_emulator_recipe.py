@@ -1,0 +1,57 @@
+"""The training recipe: one default (the demo's), recorded in the model, and what the
+``gsn-dask train`` options change. No torch needed."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gsn_dask.cli import build_parser
+from gsn_dask.cli.train import recipe_from_args
+from gsn_dask.emulator_recipe import DEFAULT_RECIPE, TrainRecipe
+
+
+def parse(*extra: str):
+    return build_parser().parse_args(["train", "cube.zarr", "--out", "m", *extra])
+
+
+def test_default_recipe_is_the_best_measured_one():
+    r = DEFAULT_RECIPE
+    assert r.label_ranges == {"teff": (3000.0, 12000.0)}  # not every MILES star up to 36,000 K
+    assert (r.folds, r.epochs, r.patience, r.hidden_widths) == (3, 300, 50, [256, 256, 256])
+    assert r.label_transforms == {"teff": "log10"} and r.label_systematics and r.final == "refit"
+
+
+def test_cli_defaults_are_the_default_recipe():
+    assert recipe_from_args(parse()) == DEFAULT_RECIPE
+    assert recipe_from_args(parse("--all-stars")).label_ranges is None
+    r = recipe_from_args(parse("--label-range", "logg", "0", "4", "--epochs", "7", "--linear-teff", "--layers", "2"))
+    assert r.label_ranges == {"logg": (0.0, 4.0)}  # replaces the recipe's range, not appended to it
+    assert r.epochs == 7 and r.label_transforms == {"teff": "identity"} and r.hidden_widths == [256, 256]
+    assert r == DEFAULT_RECIPE.replace(label_ranges={"logg": (0, 4)}, epochs=7, label_transforms={"teff": "identity"},
+                                       n_hidden_layers=2)
+    with pytest.raises(ValueError, match="exclude"):
+        recipe_from_args(parse("--all-stars", "--label-range", "teff", "1", "2"))
+
+
+def test_json_round_trip():
+    r = DEFAULT_RECIPE.replace(hidden=[64, 32], labels=["teff", "logg"], wavelength_range=[4000, 5000])
+    rec = json.loads(json.dumps(r.to_json()))
+    assert rec["label_ranges"] == {"teff": [3000.0, 12000.0]} and rec["hidden"] == [64, 32]
+    assert TrainRecipe.from_json(rec) == r
+    assert TrainRecipe.from_json(DEFAULT_RECIPE.to_json()) == DEFAULT_RECIPE
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"activation": "gelu"}, "activation"),
+    ({"epochs": 0}, "epochs"),
+    ({"final": "fold0"}, "final"),
+    ({"label_ranges": {"teff": (9000, 3000)}}, "label range"),
+    ({"label_transforms": {"teff": "ln"}}, "transform"),
+    ({"hidden": 0}, "hidden"),
+    ({"val_fraction": 1.5}, "val_fraction"),
+    ({"epoch": 3}, "unknown training setting"),
+])
+def test_bad_recipes_are_refused(change, match):
+    with pytest.raises(ValueError, match=match):
+        DEFAULT_RECIPE.replace(**change)
