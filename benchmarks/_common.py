@@ -4,6 +4,7 @@ Dask LocalCluster start. Imported as ``_common`` (the scripts run as ``python be
 which puts ``benchmarks/`` first on ``sys.path``)."""
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
 from pathlib import Path
@@ -11,7 +12,16 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-MILES_MODEL = Path("/work/cache/miles_model")
+
+
+def default_model_dir() -> Path | None:
+    """The model a benchmark fits when no ``--model DIR`` is given: the MILES GSN shipped in the
+    package (``gsn_dask/data/model``, found without importing gsn_dask) if this installation has
+    it, else None (the scripts then use a toy GSN)."""
+    spec = importlib.util.find_spec("gsn_dask")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return saved_model(Path(next(iter(spec.submodule_search_locations))) / "data" / "model")
 
 
 def saved_model(*dirs: Path) -> Path | None:

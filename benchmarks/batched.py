@@ -17,8 +17,8 @@ core against emcee at equal n_eff (ms per 100 effective samples), and on the GPU
 its FP32 peak reached (FLOPs counted: emulator forward pass 2 x sum(n_in x n_out) + rv shift
 3 n_used + continuum normal equations 2 n_used (k + k(k+1)/2) + 4 n_used per evaluated row).
 
-Model: ``--model DIR`` (``--model toy``: the analytic toy GSN), else /work/cache/miles_model when present (the MILES GSN), else the
-analytic toy GSN of the default size (3 x 256 SiLU, 3757 px; gsn_dask.fit.testing.toy_model),
+Model: ``--model DIR`` (``--model toy``: the analytic toy GSN), else the MILES GSN shipped in the package
+(``gsn_dask/data/model``) when this installation has it, else the analytic toy GSN of the default size (3 x 256 SiLU, 3757 px; gsn_dask.fit.testing.toy_model),
 else (no xarray) a random network of that size. With ``--no-emcee`` the script needs only
 numpy + torch (a model directory is read without xarray/safetensors by a small reader).
 
@@ -46,11 +46,11 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from _common import default_model_dir  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from gsn_dask.fit import batched as B  # noqa: E402
 from gsn_dask.fit.config import FitConfig  # noqa: E402
 from gsn_dask.fit.posterior import SpectrumPosterior, log10_step, rv_to_pixels  # noqa: E402
 
-MILES = Path("/work/cache/miles_model")
 
 #: FP32 (non-tensor-core) peak, FLOP/s, by device-name fragment.
 FP32_PEAK = {"H200": 67e12, "H100 PCIe": 51e12, "H100": 67e12, "A100": 19.5e12, "L40S": 91.6e12, "V100": 15.7e12}
@@ -131,13 +131,14 @@ def get_model(arg: str | None):
             return load_model(d), f"model dir {d}"
         except ImportError:
             return load_light(d), f"model dir {d} (light reader)"
-    if MILES.is_dir():
+    shipped = default_model_dir()
+    if shipped is not None:
         try:
             from gsn_dask.emulator import load_model
 
-            return load_model(MILES), f"MILES GSN {MILES}"
+            return load_model(shipped), f"MILES GSN {shipped}"
         except ImportError:
-            return load_light(MILES), f"MILES GSN {MILES} (light reader)"
+            return load_light(shipped), f"MILES GSN {shipped} (light reader)"
     try:
         from gsn_dask.fit.testing import toy_model
 
@@ -270,7 +271,7 @@ def bench_map(model, posts, cfg) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=None, help="model directory, or \"toy\" (default: the MILES GSN if cached, else toy)")
+    ap.add_argument("--model", default=None, help="model directory, or \"toy\" (default: the shipped MILES GSN if installed, else toy)")
     ap.add_argument("--n-spectra", type=int, default=128, help="spectra for the batched CPU run")
     ap.add_argument("--n-emcee", type=int, default=8, help="spectra for the emcee run (laplace-de)")
     ap.add_argument("--n-emcee-stretch", type=int, default=2, help="spectra for the emcee run with stretch moves")

@@ -7,10 +7,13 @@ Measures, side by side in one run:
      bias and 1.4826*MAD vs the literature labels for 3500-8000 K and FGK 4000-7000 K;
   3. synthetic grid: median |residual| of held-out analytic spectra (4 labels, LAMOST pixels);
   4. throughput: spectra/s for a batch of 1024 on 1 CPU thread, numpy vs torch, vs FLOPs;
-  5. CPU training time of the MILES default (5-fold CV + final fit).
+  5. CPU training time of the default recipe (``gsn-dask train``'s: K-fold CV + final fit).
 ``--sweep`` additionally cross-validates a list of settings (width, activation, ...).
 
-    python benchmarks/emulator.py [--cube /work/cache/miles_train.zarr] [--sweep] [--save-model DIR]
+    python benchmarks/emulator.py [--cube MILES_CUBE] [--sweep] [--save-model DIR]
+
+The MILES training cube defaults to the one ``gsn-dask demo`` keeps in the user cache (built on
+first use: the pinned MILES wheel is fetched and prepared, ~20 s).
 
 Prints a table and writes benchmarks/results/emulator.json.
 """
@@ -28,7 +31,6 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "emulator.json"
-DEFAULT_CUBE = Path("/work/cache/miles_train.zarr")
 BASELINE = {"teff_scatter": 121.0, "logg_scatter": 0.34, "feh_scatter": 0.18, "logg_outlier_frac": 0.22}
 
 
@@ -166,7 +168,7 @@ def miles_cv_and_recovery(cube: Path, cfg: dict, *, invert: bool = True, save_mo
 
     ds = open_spectra(cube)
     t0 = time.perf_counter()
-    model, rep = train_gsn(ds, keep_fold_models=invert, progress=progress, **cfg)
+    model, rep = train_gsn(ds, progress=progress, **cfg)
     model.meta["training"]["cube_path"] = str(Path(cube).resolve())
     t_train = time.perf_counter() - t0
     res = {
@@ -189,8 +191,9 @@ def miles_cv_and_recovery(cube: Path, cfg: dict, *, invert: bool = True, save_mo
         chi2 = np.full(rep["n_star"], np.nan)
         teff = rep["label_values"][:, names.index("teff")]
         near = (teff >= 3400) & (teff <= 8200)  # the stats use 3500-8000 K
-        for k, fm in enumerate(rep["fold_models"]):
-            sel = (rep["fold"] == k) & near
+        cv = rep["cv_folds"]
+        for j, fm in enumerate(cv.models):
+            sel = (cv.model_index == j) & near
             est[sel], chi2[sel] = invert_stars(
                 fm, rep["flux"][sel], rep["ivar"][sel], model.emulator_error.astype(np.float64) ** 2, mask
             )
@@ -212,7 +215,8 @@ def synthetic_grid(n_train: int = 2000, n_test: int = 500, epochs: int = 400, hi
     te = analytic_cube(n_test, wavelength=wave, seed=seed + 1, alpha=True)
     t0 = time.perf_counter()
     model, rep = train_gsn(tr, hidden=hidden, epochs=epochs, folds=1, val_fraction=0.1, weight_floor=0.0,
-                           weight_decay=0.0, patience=epochs, seed=seed, progress=False, batch_size=128, lr=2e-3)
+                           weight_decay=0.0, patience=epochs, seed=seed, progress=False, batch_size=128, lr=2e-3,
+                           label_ranges=None)
     t = time.perf_counter() - t0
     lab = np.stack([te[f"label_{n}"].values for n in model.label_names], 1)
     r = model.predict(lab) - te["flux"].values
@@ -297,7 +301,8 @@ def fmt(v):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cube", type=Path, default=DEFAULT_CUBE)
+    ap.add_argument("--cube", type=Path, default=None,
+                    help="MILES training cube (default: the demo's, in the user cache; built on first use)")
     ap.add_argument("--sweep", action="store_true", help="cross-validate the SWEEP settings too")
     ap.add_argument("--sweep-only", nargs="*", default=None, help="names from SWEEP to run")
     ap.add_argument("--save-model", type=Path, default=None, help="save the default MILES model here")
@@ -312,14 +317,15 @@ def main(argv=None) -> int:
     ap.add_argument("--label-range", nargs=3, action="append", default=None, metavar=("NAME", "LO", "HI"))
     args = ap.parse_args(argv)
 
-    from gsn_dask.emulator import TRAIN_DEFAULTS
+    from gsn_dask.demo import miles_training_cube
+    from gsn_dask.emulator_recipe import DEFAULT_RECIPE
 
     base = {"threads": args.threads, "labels": ["teff", "logg", "feh"]}
     if args.label_range:
         base["label_ranges"] = {n: (float(lo), float(hi)) for n, lo, hi in args.label_range}
     for k, v in args.set:
         base[k] = json.loads(v)
-    results: dict = {"defaults": TRAIN_DEFAULTS, "overrides": {k: v for k, v in base.items()}, "baseline_payne_style": BASELINE}
+    results: dict = {"defaults": DEFAULT_RECIPE.to_json(), "overrides": {k: v for k, v in base.items()}, "baseline_payne_style": BASELINE}
     if args.out.exists():
         try:
             results = {**json.loads(args.out.read_text()), **results}
@@ -333,10 +339,12 @@ def main(argv=None) -> int:
                            f"m {s['feh_bias']:+.2f}/{s['feh_scatter']:.2f} out_g {s['logg_outlier_frac']:.1%}"
                            for tag, s in r["recovery"].items() if isinstance(s, dict)), flush=True)
 
-    if not args.cube.exists():
-        print(f"no MILES cube at {args.cube}: skipping the MILES sections", flush=True)
-    else:
-        if "miles" not in args.skip:  # the default model: 5-fold CV, refit on all stars, recovery
+    if "miles" not in args.skip or args.sweep or args.sweep_only:
+        if args.cube is None:
+            args.cube = miles_training_cube(progress=sys.stderr.isatty(), n_workers=0)
+        elif not args.cube.exists():
+            raise SystemExit(f"no MILES cube at {args.cube}")
+        if "miles" not in args.skip:  # the default recipe: K-fold CV, refit on all stars, recovery
             r = miles_cv_and_recovery(args.cube, dict(base), save_model=args.save_model, progress=sys.stderr.isatty())
             est, lit = r.pop("_est"), r.pop("_lit")
             np.savez(HERE / "results" / "emulator_miles_recovery.npz", est=est, lit=lit)

@@ -37,17 +37,19 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-MILES_MODEL = Path("/work/cache/miles_model")
-
-
 def load(model_dir: str | None):
+    """The model of ``--model DIR``, else the shipped MILES GSN if installed, else the toy GSN."""
+    from _common import default_model_dir
+
     from gsn_dask.emulator import load_model
     from gsn_dask.fit.testing import toy_model
 
-    for d in [model_dir, MILES_MODEL] if model_dir else [MILES_MODEL]:
-        if d and Path(d, "model.json").exists():
-            return load_model(d), f"{d}"
-    return toy_model(), "gsn_dask.fit.testing.toy_model() (3x256 SiLU, 3753 px; MILES model not found)"
+    if model_dir:
+        return load_model(model_dir), f"{model_dir}"
+    shipped = default_model_dir()
+    if shipped is not None:
+        return load_model(shipped), f"{shipped}"
+    return toy_model(), "gsn_dask.fit.testing.toy_model() (3x256 SiLU, 3753 px; no MILES model installed)"
 
 
 def make_stars(model, n: int, snr: float, seed: int = 0):
@@ -226,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-stars", type=int, default=12, help="spectra fitted with gsn-dask")
     ap.add_argument("--n-baseline", type=int, default=3, help="spectra fitted with the baseline")
     ap.add_argument("--snr", type=float, default=30.0)
-    ap.add_argument("--model", default=None, help="model dir (default /work/cache/miles_model, else toy)")
+    ap.add_argument("--model", default=None, help="model dir (default: the shipped MILES GSN if installed, else toy)")
     ap.add_argument("--skip-moves", action="store_true", help="skip the move comparison")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fit.json"))
     args = ap.parse_args(argv)

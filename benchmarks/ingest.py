@@ -14,7 +14,7 @@ counted), and ``spectra_per_cpu_s`` = spectra / CPU seconds of all the work (dri
 reading tasks), which stays meaningful when other jobs share the cores. ``read_spectra_per_cpu_s``
 counts only the reading tasks. The goal is >= 500 spectra/s per core.
 
-    python benchmarks/ingest.py [--n-files 2000] [--workers 1 2] [--data /work/shared/data/lamost/dr1]
+    python benchmarks/ingest.py [--n-files 2000] [--workers 1 2] [--data DIR]  (default: ../shared/data/lamost/dr1 beside the clone)
 
 Prints a table and writes benchmarks/results/ingest.json.
 """

@@ -10,7 +10,7 @@ Also: time to first result (run start -> first chunk written), scheduler overhea
 (worker idle time between consecutive tasks, and (run wall - busy time / workers) / tasks),
 and cluster start-up time (reported apart: a run on an existing cluster does not pay it).
 
-Model: the MILES GSN at /work/cache/miles_model if present, else the tiny toy GSN of the tests
+Model: ``--model DIR``, else the MILES GSN shipped in the package if installed, else the tiny toy GSN of the tests
 (3 x 32 hidden, 669 px) or ``--toy-full`` (3 x 256 hidden, ~3750 px). Spectra: drawn from the
 model with noise (S/N 20-80), a normalised cube, ``--chunk-size`` stars per task.
 
@@ -34,15 +34,19 @@ from pathlib import Path
 import numpy as np
 
 from _common import (  # benchmarks/ is on sys.path: the script's folder
-    MILES_MODEL, ROOT, build_cube, fit_chunks, save_toy_model, saved_model, start_local_cluster,
+    ROOT, build_cube, default_model_dir, fit_chunks, save_toy_model, saved_model, start_local_cluster,
 )
 
 RESULTS = ROOT / "benchmarks" / "results" / "pipeline.json"
 
 
-def build_model(workdir: Path, full: bool) -> tuple[Path, str]:
-    if saved_model(MILES_MODEL):
-        return MILES_MODEL, "MILES GSN (/work/cache/miles_model)"
+def build_model(workdir: Path, model_dir: Path | None, full: bool) -> tuple[Path, str]:
+    """(model dir, description): ``model_dir``, else the shipped MILES GSN, else a toy GSN saved in ``workdir``."""
+    if model_dir is not None and saved_model(model_dir) is None:
+        raise SystemExit(f"--model {model_dir}: no model.json there")
+    d = model_dir if model_dir is not None else default_model_dir()
+    if d is not None:
+        return d, f"GSN {d}"
     return save_toy_model(workdir, tiny=not full)
 
 
@@ -131,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-stars", type=int, default=96)
     ap.add_argument("--chunk-size", type=int, default=12)
     ap.add_argument("--repeat", type=int, default=1, help="repeat each case, keep the fastest")
+    ap.add_argument("--model", type=Path, default=None,
+                    help="model directory (default: the shipped MILES GSN if installed, else a toy GSN)")
     ap.add_argument("--toy-full", action="store_true", help="use the full-size toy GSN instead of the tiny one")
     ap.add_argument("--steps", type=int, default=None, help="production steps (default FitConfig)")
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -143,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     seed = 3
     work = Path(tempfile.mkdtemp(prefix="gsn_bench_pipeline_"))
     try:
-        model_dir, model_desc = build_model(work, args.toy_full)
+        model_dir, model_desc = build_model(work, args.model, args.toy_full)
         cube = work / "cube.zarr"
         build_cube(model_dir, cube, args.n_stars, args.chunk_size)
         cases = {

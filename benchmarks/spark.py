@@ -11,7 +11,7 @@ Python workers' start, imports and model load; the fastest of the later ("warm")
 steady-state number. Goals: (c) >= 1.7x faster than (b); (c) <= 15% slower per spectrum than (d)
 (same 2 cores). All engines must give identical numbers (checked).
 
-Model: ``--model DIR`` or the MILES GSN at /work/cache/miles_model if present, else the toy GSN
+Model: ``--model DIR``, else the MILES GSN shipped in the package if installed, else the toy GSN
 (``gsn_dask.fit.testing.toy_model``: 3 x 256 SiLU hidden units, LAMOST 3750-8900 A); ``--tiny``
 uses the tests' 3 x 32 / 669 px toy. Spectra drawn from the model (S/N 20-80, rv ~ N(0, 30) km/s),
 a normalised cube with ``--chunk-size`` stars per zarr chunk (= per task). The machine may be
@@ -42,7 +42,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from _common import (  # noqa: E402  (benchmarks/ is on sys.path: the script's folder)
-    MILES_MODEL, ROOT, build_cube, fit_chunks, save_toy_model, saved_model, start_local_cluster,
+    ROOT, build_cube, default_model_dir, fit_chunks, save_toy_model, saved_model, start_local_cluster,
 )
 
 RESULTS = ROOT / "benchmarks" / "results" / "spark.json"
@@ -50,7 +50,9 @@ COMPARE = ("median", "p16", "p84", "map", "rv", "rv_err", "flag")
 
 
 def build_model(workdir: Path, model_dir: str | None, tiny: bool) -> tuple[Path, str]:
-    d = saved_model(*([Path(model_dir)] if model_dir else []), MILES_MODEL)
+    if model_dir and saved_model(Path(model_dir)) is None:
+        raise SystemExit(f"--model {model_dir}: no model.json there")
+    d = Path(model_dir) if model_dir else default_model_dir()
     if d is not None:
         return d, str(d)
     return save_toy_model(workdir, tiny)
@@ -129,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-stars", type=int, default=96)
     ap.add_argument("--chunk-size", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=1, help="warm runs per engine after the cold one")
-    ap.add_argument("--model", default=None, help="model directory (default: MILES if cached, else toy)")
+    ap.add_argument("--model", default=None, help="model directory (default: the shipped MILES GSN if installed, else toy)")
     ap.add_argument("--tiny", action="store_true", help="the tests' tiny toy model (fast, overhead-dominated)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(RESULTS))
