@@ -24,7 +24,7 @@ SPECTRA_SCHEMA = "gsn-dask/spectra/1"
 RESULTS_SCHEMA = "gsn-dask/results/1"
 
 #: Known labels and their units. Other label names are allowed (unit "").
-LABEL_UNITS: dict[str, str] = {"teff": "K", "logg": "dex", "feh": "dex", "alpha_fe": "dex"}
+from .labels import LABEL_UNITS  # noqa: E402,F401 - defined once, in gsn_dask.labels
 
 #: LAMOST LRS log-linear grid: log10(lambda/A) = 3.5682 + k * 1e-4 (vacuum).
 LAMOST_LOG10_ANCHOR = 3.5682
@@ -41,6 +41,29 @@ class CubeSchemaError(ValueError):
 
 
 # --------------------------------------------------------------------------- grids
+class OutputPathError(ValueError):
+    """An output path that cannot be written (under a plain file, not creatable, or holding
+    other data); the message names the path and the reason."""
+
+
+def check_output_path(path: str | Path) -> None:
+    """Raise :class:`OutputPathError` if a store cannot be written at ``path``: ``path`` or one
+    of its existing parents is a plain file, or the nearest existing parent is not writable.
+    Nothing is created."""
+    import os
+
+    path = Path(path).expanduser().absolute()
+    for p in (path, *path.parents):
+        if not p.exists():
+            continue
+        if not p.is_dir():
+            what = "is a file" if p == path else f"is under {p}, which is a file, not a directory"
+            raise OutputPathError(f"cannot write {path}: it {what}")
+        if p != path and not os.access(p, os.W_OK | os.X_OK):
+            raise OutputPathError(f"cannot write {path}: {p} is not writable")
+        return
+
+
 def log_lambda_grid(
     wmin: float = 3700.0,
     wmax: float = 9100.0,
@@ -202,6 +225,33 @@ def open_spectra(path: str | Path, *, validate: bool = True) -> xr.Dataset:
     except Exception as exc:  # noqa: BLE001 - re-raise with context
         raise CubeSchemaError(f"{path} is not a readable zarr store: {exc}") from exc
     return validate_spectra(ds) if validate else ds
+
+
+def read_block(cube_path: str | Path, start: int, stop: int) -> xr.Dataset:
+    """Stars ``[start, stop)`` of a spectra cube, loaded into memory (reads only those rows;
+    the cube's star index is not built), with their ``star`` and ``wavelength`` indexes."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*dtype=object.*")
+        warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
+        try:
+            ds = xr.open_zarr(cube_path, consolidated=False, chunks=None, create_default_indexes=False)
+        except TypeError:  # xarray < 2025.07: no create_default_indexes
+            ds = xr.open_zarr(cube_path, consolidated=False, chunks=None)
+        block = ds.isel(star=slice(int(start), int(stop))).load()
+    return block.assign_coords(star=block["star"].values, wavelength=block["wavelength"])
+
+
+def cube_chunk_size(cube: xr.Dataset) -> int:
+    """Stars per stored zarr chunk of a cube opened lazily (all stars for an unchunked one)."""
+    chunks = cube["flux"].chunks
+    if chunks:
+        return int(chunks[0][0])
+    enc = cube["flux"].encoding.get("chunks") or cube["flux"].encoding.get("preferred_chunks", {}).get("star")
+    if isinstance(enc, (tuple, list)):
+        return int(enc[0])
+    return int(enc or max(int(cube.sizes["star"]), 1))
 
 
 def _string_ready(ds: xr.Dataset) -> xr.Dataset:

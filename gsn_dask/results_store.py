@@ -260,6 +260,7 @@ def create_store(
     if store_exists(path):
         if not overwrite:
             raise FileExistsError(f"{path} exists (use --resume to continue it or --overwrite to replace it)")
+        require_results_store(path)  # never clear a spectra cube or other data
         clear_store(path)
     ds = results_template(stars, labels, chunk_size=chunk_size, n_draws=n_draws, attrs=attrs)
     enc = star_chunk_encoding(ds, max(1, min(chunk_size, ds.sizes["star"])))
@@ -274,6 +275,21 @@ def create_store(
     with quiet_zarr():
         ds.to_zarr(path, mode="a", zarr_format=3, consolidated=False, encoding=enc, compute=False)
     return path
+
+
+def require_results_store(path: str | Path) -> None:
+    """Raise :class:`StoreMismatchError` unless ``path`` holds a results store written by a
+    gsn-dask run (results schema and a ``chunk_done`` record): nothing else is ever replaced."""
+    path = Path(path)
+    try:
+        schema = store_attrs(path).get("schema")
+    except (OSError, ValueError):
+        schema = None
+    if schema != RESULTS_SCHEMA or not (path / DONE_VAR).is_dir():
+        raise StoreMismatchError(
+            f"{path} is not a results store written by gsn-dask fit (schema {schema!r}): it is never "
+            "overwritten or resumed; choose another --out"
+        )
 
 
 def clear_store(path: str | Path) -> None:
@@ -447,7 +463,7 @@ def run_attrs(
     ``identity`` (:func:`run_identity`), the model, the input cube (``input_cube``,
     ``input_normalised``), the engine, the package version, the main sampling settings and
     the creation time."""
-    from . import __version__
+    from ._version import __version__
 
     return {
         **identity,
@@ -471,16 +487,13 @@ def check_resumable(path: str | Path, expect: Mapping[str, Any], stars: Sequence
     each ``expect`` key must equal the stored attribute (e.g. ``model_sha256``, ``seed``,
     ``sampler``, ``fit_config``) and the star ids must be the same, in order."""
     path = Path(path)
+    require_results_store(path)
     attrs = store_attrs(path)
-    if attrs.get("schema") != RESULTS_SCHEMA:
-        raise StoreMismatchError(f"{path} is not a gsn-dask results store (schema {attrs.get('schema')!r})")
-    if DONE_VAR not in {p.name for p in path.iterdir()}:
-        raise StoreMismatchError(f"{path} has no '{DONE_VAR}' record; it cannot be resumed (use --overwrite)")
     diffs = []
     for key, want in expect.items():
         have = attrs.get(key)
         if have != want:
-            diffs.append(f"{key}: store has {_short(have)}, this run {_short(want)}")
+            diffs.append(_describe_diff(key, have, want))
     with quiet_zarr():
         ds = xr.open_zarr(path, consolidated=False, chunks=None)
         have_stars = as_str_array(ds["star"].values)
@@ -492,6 +505,20 @@ def check_resumable(path: str | Path, expect: Mapping[str, Any], stars: Sequence
             f"cannot resume {path}: it was written by a different run ({'; '.join(diffs)}). "
             "Use the original settings, or --overwrite to start again."
         )
+
+
+def _describe_diff(key: str, have: Any, want: Any) -> str:
+    """``key: store has X, this run Y``; for JSON settings (``fit_config``, ...) only the
+    settings that differ, each named."""
+    try:
+        a, b = json.loads(have), json.loads(want)
+    except (TypeError, ValueError):
+        a = b = None
+    if isinstance(a, dict) and isinstance(b, dict):
+        names = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        parts = [f"{k} = {_short(a.get(k))} in the store, {_short(b.get(k))} in this run" for k in names]
+        return f"{key} differs: {'; '.join(parts)}"
+    return f"{key}: store has {_short(have)}, this run {_short(want)}"
 
 
 def _short(v: Any) -> str:
@@ -584,6 +611,7 @@ __all__ = [
     "quiet_zarr",
     "read_lock",
     "release_lock",
+    "require_results_store",
     "results_template",
     "store_attrs",
     "store_exists",

@@ -83,24 +83,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_fit(args: argparse.Namespace) -> int:
+    """``fit``: check the run, start Spark (unless this process already runs a session, which
+    is then used and left running), fit, print the summary; exit status as in the epilog."""
     from gsn_dask import results_store as rs
     from gsn_dask.cli.fit import build_config
 
     from .runner import fit_cube_spark
-    from .session import build_session
 
     config = build_config(args)  # the same options -> the same FitConfig as `gsn-dask fit`
     conf = _parse_conf(args.conf)
     from pyspark.sql import SparkSession
 
-    owns_session = SparkSession.getActiveSession() is None  # an in-process caller keeps its session
-    spark = build_session(args.master, ui=args.ui, driver_memory=args.driver_memory,
-                          threads_per_task=args.threads_per_task, conf=conf)
+    active = SparkSession.getActiveSession()  # an in-process caller keeps its session
     try:
         report = fit_cube_spark(
             args.cube, args.model, args.out,
-            config=config, seed=args.seed, spark=spark,
-            input_format="parquet" if args.parquet else "auto",
+            config=config, seed=args.seed, spark=active, master=args.master, ui=args.ui, spark_conf=conf,
+            driver_memory=args.driver_memory, input_format="parquet" if args.parquet else "auto",
             chunk_size=args.chunk_size, resume=args.resume, overwrite=args.overwrite,
             force_unlock=args.force_unlock, chunks_per_partition=args.chunks_per_partition,
             model_broadcast=args.model_broadcast, results_parquet=args.results_parquet,
@@ -111,8 +110,9 @@ def run_fit(args: argparse.Namespace) -> int:
               "plus --resume", file=sys.stderr)
         raise
     finally:
-        if owns_session:
-            spark.stop()
+        started = SparkSession.getActiveSession()
+        if active is None and started is not None:
+            started.stop()
     n_star = int(report.results.sizes["star"])
     run = {"chunks_fitted": report.n_fitted_chunks, "chunks_skipped": report.n_skipped,
            "chunks_failed": len(report.failed_chunks), "wall_s": report.timings["total"]}

@@ -1,28 +1,26 @@
-"""Fit a spectra cube on Spark: the same ``fit_block`` as the Dask runner, the same results store.
+"""Fit a spectra cube on Spark: the run layer of the Dask runner, scheduled by Spark.
 
 Driver (:func:`fit_cube_spark`)
-    reads only the cube's metadata and star ids, checks the model against the cube, takes the
-    store's lock, creates (or, with ``resume``, reopens) the results store through
-    :mod:`gsn_dask.results_store` (same attrs as :func:`gsn_dask.pipeline.run_fit`, so a store
-    started by one engine can be resumed by the other), and sends the executors a small DataFrame
-    of ``(chunk, start, stop)`` tuples, one per results chunk (= zarr chunk of the cube by
-    default), ``chunks_per_partition`` of them per Spark partition. No spectra pass through the
-    driver.
+    reads only the cube's metadata and star ids; the engine-neutral run layer
+    (:mod:`gsn_dask.run`) checks the config and the model against the cube before anything is
+    written, takes the store's lock and creates (or, with ``resume``, reopens) the results store
+    (same attrs as :func:`gsn_dask.pipeline.run_fit`, so a store started by one engine can be
+    resumed by the other). The driver then sends the executors a small DataFrame of
+    ``(chunk, start, stop)`` tuples, one per pending chunk, ``chunks_per_partition`` of them per
+    Spark partition. No spectra pass through the driver.
 
 Executors (``mapInPandas`` over Arrow batches of those tuples)
-    read their own stars from the zarr cube (:func:`gsn_dask.pipeline.read_block`), or, for Parquet
-    input, receive their chunks' rows from Spark's Parquet reader (repartitioned by chunk); call
-    :func:`gsn_dask.fit.block.fit_block` with the run seed; write the rows into their own region of
-    the store (:func:`~gsn_dask.results_store.write_rows`) and only then the chunk's completion
-    record (:func:`~gsn_dask.results_store.mark_chunk_done`), so a retried task rewrites only its
-    region and a chunk marked done always has its rows. Each returns one summary row per chunk:
-    chunk, start, stop, n_ok, n_flagged, n_failed, seconds (wall), cpu_seconds (of the Python
-    worker), host, pid, attempt, model_loads (loads done by that worker so far), error.
+    run the chunk task :func:`gsn_dask.run.fit_chunk` (read the stars from the zarr cube, or, for
+    Parquet input, from the chunk's rows that Spark's Parquet reader repartitioned by chunk; fit;
+    write the region; then mark the chunk done), so a retried task rewrites only its region and a
+    chunk marked done always has its rows. Each returns one summary row per chunk: chunk, start,
+    stop, n_ok, n_flagged, n_failed, seconds (wall), cpu_seconds (of the Python worker), host,
+    pid, attempt, model_loads (loads done by that worker so far), error.
 
 A chunk whose task raises is retried by Spark (``spark.task.maxFailures``, or F in
-``local[N,F]``); on its last attempt the task writes rows flagged NOT_FITTED with
-``status = "error: chunk task failed: ..."`` and leaves the chunk not done (``--resume`` tries it
-again), exactly like the Dask runner.
+``local[N,F]``); on its last attempt the task reports the reason instead of raising, and the
+driver writes the chunk's rows flagged NOT_FITTED with ``status = "error: chunk task failed:
+..."`` and leaves it not done (``--resume`` tries it again), exactly like the Dask runner.
 
 The model is shipped once per job: ``sc.broadcast`` of the model directory's file bytes (default)
 or only its path (``model_broadcast="path"``, shared storage; loaded through
@@ -47,7 +45,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,8 +53,12 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from gsn_dask import results_store as rs
+from gsn_dask.cube import OutputPathError, check_output_path
+from gsn_dask.run import ChunkTask, CubeMeta, RunPlan, RunStore, zarr_cube_meta
+
 if TYPE_CHECKING:  # pragma: no cover
-    from pyspark.sql import SparkSession
+    from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +74,6 @@ _TASK_SCHEMA = "chunk long, start long, stop long"
 
 #: the model files shipped to executors (others in a model dir, e.g. figures, stay home)
 MODEL_FILES = ("model.json", "weights.safetensors")
-
-
-# =============================================================================== plan
-@dataclasses.dataclass(frozen=True)
-class ChunkTask:
-    """One chunk of the results store: stars ``start:stop`` (``chunk`` = its index)."""
-
-    chunk: int
-    start: int
-    stop: int
 
 
 @dataclasses.dataclass
@@ -109,13 +101,6 @@ class SparkFitReport:
     def n_fitted_chunks(self) -> int:
         """Chunks fitted and marked done in this run."""
         return int(len(self.summary) - len(self.failed_chunks))
-
-
-def chunk_tasks(n_star: int, chunk_size: int) -> list[ChunkTask]:
-    """The store's chunks (:func:`gsn_dask.results_store.chunk_bounds`) as tasks."""
-    from gsn_dask.results_store import chunk_bounds
-
-    return [ChunkTask(i, a, b) for i, (a, b) in enumerate(chunk_bounds(n_star, chunk_size))]
 
 
 def max_task_attempts(master: str, conf: Mapping[str, str] | None = None) -> int:
@@ -213,86 +198,46 @@ def _task_attempt() -> int:
         return 0
 
 
-def summarise_rows(rows: xr.Dataset) -> tuple[int, int, int]:
-    """(n_ok, n_flagged, n_failed) of result rows: flag 0; fitted with some flag; not fitted."""
-    from gsn_dask.flags import Flag
-
-    flag = np.asarray(rows["flag"].values, dtype=np.int64)
-    failed = (flag & int(Flag.NOT_FITTED)) != 0
-    ok = flag == 0
-    return int(ok.sum()), int((~ok & ~failed).sum()), int(failed.sum())
-
-
 def _summary_row(task: ChunkTask, t0: tuple[float, float], attempt: int, counts: tuple[int, int, int],
                  error: str | None) -> pd.DataFrame:
     n_ok, n_flagged, n_failed = counts
     return pd.DataFrame([{
-        "chunk": task.chunk, "start": task.start, "stop": task.stop, "n_ok": n_ok, "n_flagged": n_flagged,
+        "chunk": task.index, "start": task.start, "stop": task.stop, "n_ok": n_ok, "n_flagged": n_flagged,
         "n_failed": n_failed, "seconds": time.perf_counter() - t0[0], "cpu_seconds": time.process_time() - t0[1],
-        "host": socket.gethostname(),
-        "pid": os.getpid(), "attempt": attempt, "model_loads": int(_WORKER_STATE["model_loads"]), "error": error,
+        "host": socket.gethostname(), "pid": os.getpid(), "attempt": attempt,
+        "model_loads": int(_WORKER_STATE["model_loads"]), "error": error,
     }], columns=SUMMARY_COLUMNS)
 
 
-def fit_and_write_chunk(read: Any, task: ChunkTask, job: Mapping[str, Any]) -> pd.DataFrame:
-    """Read (``read()`` -> the chunk's block), fit, write the rows, then mark the chunk done;
-    returns its summary row. Runs on executors.
+def fit_and_write_chunk(read: Callable[[], xr.Dataset] | None, task: ChunkTask, job: Mapping[str, Any]) -> pd.DataFrame:
+    """Run the chunk task :func:`gsn_dask.run.fit_chunk` on an executor (``read()`` -> the chunk's
+    block; None: from the zarr cube) and return its summary row.
 
     An exception is re-raised for Spark to retry the task, except on its last attempt
-    (``job["max_attempts"]``): then the chunk's rows are written flagged NOT_FITTED with the
-    reason and the chunk is left not done (what :func:`gsn_dask.pipeline.run_fit` does)."""
-    from gsn_dask import results_store as rs
-    from gsn_dask.fit.block import fit_block
-    from gsn_dask.fit.config import FitConfig
+    (``job["max_attempts"]``): then the row carries the reason in ``error`` and the driver records
+    the chunk's failure (what :func:`gsn_dask.pipeline.run_fit` does)."""
+    from gsn_dask.run import failure_reason, fit_chunk
 
     t0 = (time.perf_counter(), time.process_time())
     attempt = _task_attempt()
     try:
-        model = load_model_cached(job["model"])
-        block = read()
-        if int(block.sizes["star"]) != task.stop - task.start:
-            raise RuntimeError(f"chunk {task.chunk}: got {block.sizes['star']} rows for stars {task.start}:{task.stop}")
-        fit_fn = job.get("fit_fn") or fit_block
-        rows = fit_fn(block, model, config=FitConfig.from_dict(job["config"]), run_seed=int(job["seed"]),
-                      sampler=job["sampler"], progress=False)
-        if not np.array_equal(rs.as_str_array(rows["star"].values), rs.as_str_array(block["star"].values)):
-            raise RuntimeError(f"the fit function returned other stars than chunk {task.chunk} holds")
-        rs.write_rows(job["out"], rows, task.start)
-        if task.chunk in job.get("fail_after_write", ()) and attempt == 0:
-            # test hook: the task dies between its row write and its completion record
-            raise RuntimeError(f"injected failure after writing chunk {task.chunk}")
-        rs.mark_chunk_done(job["out"], task.chunk)
-    except Exception as exc:  # noqa: BLE001 - retried by Spark; recorded on the last attempt
+        rec = fit_chunk(job["chunk_job"], task, model=load_model_cached(job["model"]), read=read)
+    except Exception as exc:  # noqa: BLE001 - retried by Spark; reported on the last attempt
         if attempt + 1 < int(job.get("max_attempts", 1)):
             raise
-        reason = f"error: chunk task failed: {type(exc).__name__}: {exc}"
-        log.error("chunk %d failed: %s", task.chunk, reason)
-        stars = _chunk_star_ids(job, task)
-        rows = rs.failed_rows(stars, job["labels"], reason, n_draws=int(job["n_draws"]))
-        rs.write_rows(job["out"], rows, task.start)
+        reason = failure_reason(exc)
+        log.error("chunk %d failed: %s", task.index, reason)
         return _summary_row(task, t0, attempt, (0, 0, task.stop - task.start), reason[:500])
-    return _summary_row(task, t0, attempt, summarise_rows(rows), None)
-
-
-def _chunk_star_ids(job: Mapping[str, Any], task: ChunkTask) -> np.ndarray:
-    """The stored star ids of a chunk (from the results store, which every task can read)."""
-    from gsn_dask import results_store as rs
-
-    with rs.quiet_zarr():
-        ds = xr.open_zarr(job["out"], consolidated=False, chunks=None, create_default_indexes=False)
-        return rs.as_str_array(ds["star"].isel(star=slice(task.start, task.stop)).values)
+    return _summary_row(task, t0, attempt, (rec["n_ok"], rec["n_flagged"], rec["n_failed"]), None)
 
 
 def fit_partition_zarr(batches: Iterator[pd.DataFrame], job: Mapping[str, Any]) -> Iterator[pd.DataFrame]:
     """``mapInPandas`` function for zarr input: each row is a (chunk, start, stop) tuple; the
     executor reads those stars from the cube itself."""
-    from gsn_dask.pipeline import read_block
-
     configure_worker_threads(int(job.get("threads", 1)))
     for pdf in batches:
         for chunk, start, stop in pdf[["chunk", "start", "stop"]].itertuples(index=False):
-            task = ChunkTask(int(chunk), int(start), int(stop))
-            yield fit_and_write_chunk(functools.partial(read_block, job["cube"], task.start, task.stop), task, job)
+            yield fit_and_write_chunk(None, ChunkTask(int(chunk), int(start), int(stop)), job)
 
 
 def fit_partition_parquet(batches: Iterator[pd.DataFrame], job: Mapping[str, Any]) -> Iterator[pd.DataFrame]:
@@ -386,6 +331,118 @@ def _partition_keys(spark: SparkSession, chunks: Sequence[int], n_parts: int) ->
     return {int(c): key_of_part.get(i % n_parts, i % n_parts) for i, c in enumerate(chunks)}
 
 
+def _parquet_cube_meta(path: Path) -> CubeMeta:
+    """:class:`~gsn_dask.run.CubeMeta` of a Parquet export (star ids are read later, by Spark)."""
+    from gsn_dask.parquet_export import parquet_metadata
+
+    meta = parquet_metadata(path)
+    return CubeMeta(path, None, np.asarray(meta["wavelength"]), int(meta.get("chunk_size") or 0) or 256,
+                    bool(meta.get("attrs", {}).get("normalised", False)))
+
+
+def _parquet_star_ids(spark: SparkSession, path: Path) -> tuple[DataFrame, np.ndarray]:
+    """The Parquet export as a Spark DataFrame and its star ids in ``index`` order."""
+    pq_df = spark.read.parquet(str(path))
+    ids = pq_df.select("index", "star").toPandas().sort_values("index")
+    if not np.array_equal(ids["index"].to_numpy(), np.arange(len(ids))):
+        raise ValueError(f"{path}: the 'index' column is not 0..n-1 (an incomplete or mixed export)")
+    return pq_df, rs.as_str_array(ids["star"].to_numpy())
+
+
+def _check_results_parquet(path: str | Path | None) -> Path | None:
+    """The resolved ``results_parquet`` directory; refused (before any fit) if it lies under a
+    plain file or holds anything but a results Parquet export (which is replaced)."""
+    if path is None:
+        return None
+    out = Path(path).expanduser().resolve()
+    check_output_path(out)
+    if out.exists():
+        ours = (out / "_SUCCESS").is_file() and all(
+            p.name == "_SUCCESS" or re.fullmatch(r"\.?part-\d+\.parquet(\.\d+\.tmp)?", p.name) for p in out.iterdir())
+        if not ours:
+            raise OutputPathError(f"{out} exists and is not a results Parquet export of spark_compat: "
+                                  "choose another --results-parquet")
+    return out
+
+
+def _spark_job(plan: RunPlan, store: RunStore, sc: Any, *, model_broadcast: str, threads_per_task: int,
+               fit_fn: Any) -> dict[str, Any]:
+    """What every executor task gets: the run's :class:`~gsn_dask.run.ChunkJob`, the model spec
+    (broadcast bytes or path), thread cap, chunking and task attempts."""
+    if model_broadcast == "bytes":
+        payload = model_payload(plan.model_dir)
+        spec: dict[str, Any] = {"kind": "bytes", "payload": sc.broadcast(payload), "key": payload_key(payload)}
+    else:
+        spec = {"kind": "path", "path": str(plan.model_dir), "sha256": plan.model.sha256}
+    return {
+        "chunk_job": plan.job(fit_fn), "model": spec, "threads": int(threads_per_task),
+        "chunk_size": int(store.chunk_size), "n_star": int(store.stars.size),
+        "max_attempts": max_task_attempts(sc.master, dict(sc.getConf().getAll())),
+    }
+
+
+def _run_fit_job(spark: SparkSession, store: RunStore, job: dict[str, Any], pq_df: DataFrame | None,
+                 chunks_per_partition: int, progress: bool) -> pd.DataFrame:
+    """The Spark job over the pending chunks; their summary rows, sorted by chunk."""
+    if not store.pending:
+        return pd.DataFrame(columns=SUMMARY_COLUMNS)
+    sc = spark.sparkContext
+    n_parts = max(1, math.ceil(len(store.pending) / chunks_per_partition))
+    if pq_df is None:
+        rdd = sc.parallelize([(t.index, t.start, t.stop) for t in store.pending], numSlices=n_parts)
+        result = spark.createDataFrame(rdd, _TASK_SCHEMA).mapInPandas(
+            functools.partial(fit_partition_zarr, job=job), SUMMARY_SCHEMA)
+    else:
+        from pyspark.sql import functions as F
+
+        keys = _partition_keys(spark, [t.index for t in store.pending], n_parts)
+        key_df = spark.createDataFrame(pd.DataFrame({"_chunk": list(keys), "_key": list(keys.values())}))
+        frame = (
+            pq_df.withColumn("_chunk", F.floor(F.col("index") / F.lit(int(store.chunk_size))).cast("long"))
+            .join(F.broadcast(key_df), on="_chunk", how="inner")
+            .repartition(n_parts, "_key")
+        )
+        result = frame.mapInPandas(functools.partial(fit_partition_parquet, job=job), SUMMARY_SCHEMA)
+    stop_evt = threading.Event()
+    bar = _progress_thread(spark, n_parts, stop_evt, "spark fit") if progress else None
+    try:
+        summary = result.toPandas()
+    finally:
+        stop_evt.set()
+        if bar is not None:
+            bar.join(timeout=2)
+    return summary.sort_values("chunk").reset_index(drop=True)
+
+
+def _record_outcome(store: RunStore, summary: pd.DataFrame) -> list[int]:
+    """Record the chunks that failed on every attempt (rows with the reason, not done) and check
+    that every other pending chunk is done; returns the failed chunks."""
+    errors = {int(c): str(e) for c, e in zip(summary["chunk"], summary["error"]) if isinstance(e, str)}
+    for c, err in sorted(errors.items()):
+        print(f"chunk {c} failed: {err}", file=sys.stderr)
+    store.record_failures(errors)
+    done = rs.done_chunks(store.out)
+    missing = [t.index for t in store.pending if not done[t.index] and t.index not in errors]
+    if missing:
+        raise RuntimeError(f"{len(missing)} chunks have neither a completion record nor a failure: {missing[:10]}")
+    return sorted(errors)
+
+
+def _write_results_parquet(spark: SparkSession, store: RunStore, pq_out: Path) -> None:
+    """The results as Parquet in ``pq_out`` (replaced): each task writes its chunks' part files."""
+    sc = spark.sparkContext
+    if pq_out.exists():
+        shutil.rmtree(pq_out)  # a results export (checked before the fit), derived from the store
+    pq_out.mkdir(parents=True)
+    rjob = {"out": str(store.out), "results_parquet": str(pq_out)}
+    n = max(1, min(len(store.tasks), sc.defaultParallelism * 4))
+    rdd = sc.parallelize([(t.index, t.start, t.stop) for t in store.tasks], numSlices=n)
+    spark.createDataFrame(rdd, _TASK_SCHEMA).mapInPandas(
+        functools.partial(write_results_parquet_partition, job=rjob), "chunk long, rows long"
+    ).collect()
+    (pq_out / "_SUCCESS").write_text(f"{len(store.tasks)} files, {store.stars.size} stars\n")
+
+
 def fit_cube_spark(
     cube: str | Path,
     model_dir: str | Path,
@@ -408,225 +465,98 @@ def fit_cube_spark(
     progress: bool = True,
     threads_per_task: int = 1,
     spark_conf: Mapping[str, Any] | None = None,
+    driver_memory: str | None = None,
     fit_fn: Any = None,
-    _fail_after_write: Sequence[int] = (),
 ) -> SparkFitReport:
     """Fit every star of ``cube`` with the GSN in ``model_dir`` on Spark; results to ``out`` (zarr).
 
     ``cube``: a spectra cube (zarr) or, with ``input_format="parquet"`` (``"auto"`` detects it), a
     directory from ``gsn-dask export-parquet``. ``config``: a :class:`~gsn_dask.fit.config.FitConfig`
-    (or its dict; None = defaults). ``seed``: the run seed (a star's seed derives from it and the
-    star id, so the numbers equal the Dask runner's). ``spark``: an existing session (else one is
-    built by :func:`spark_compat.session.build_session` for ``master``; it is left running).
-    ``chunk_size``: stars per task and per zarr chunk of the store (default: the cube's chunk).
-    ``resume`` fits only chunks not marked done (the store's settings must match); ``overwrite``
-    replaces an existing store; ``force_unlock`` takes over a stale lock. ``results_parquet``: also
-    write the results as Parquet there. ``fit_fn``: the block fitting function (default
-    ``fit_block``; must be importable on executors). Paths must be readable/writable by the
-    executors at the same location (local mode, or shared storage on a cluster).
+    (or its dict; None = defaults), checked against the model before Spark starts. ``seed``: the
+    run seed (a star's seed derives from it and the star id, so the numbers equal the Dask
+    runner's). ``spark``: an existing session (else one is built by
+    :func:`spark_compat.session.build_session` for ``master``, ``ui``, ``spark_conf`` and
+    ``driver_memory``, after the checks; it is left running). ``chunk_size``: stars per task and
+    per zarr chunk of the store (default: the cube's chunk, split into about 4 tasks per core when
+    the cube has fewer chunks). ``resume`` fits only chunks not marked done (same settings);
+    ``overwrite`` replaces an existing results store (never anything else); ``force_unlock`` takes
+    over a stale lock. ``results_parquet``: also write the results as Parquet there. ``fit_fn``:
+    the block fitting function (default ``fit_block``; executors must be able to unpickle it).
+    Paths must be readable/writable by the executors at the same location.
     """
-    from gsn_dask import results_store as rs
-    from gsn_dask.cube import open_spectra
-    from gsn_dask.emulator import load_model
-    from gsn_dask.fit.config import FitConfig
-
-    from .session import build_session
+    from gsn_dask.cube import validate_results
+    from gsn_dask.run import open_run, prepare_run
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {"startup": 0.0}
-    cube_path = Path(cube).expanduser().resolve()
-    model_path = Path(model_dir).expanduser().resolve()
-    out_path = Path(out).expanduser().resolve()
-    if not cube_path.exists():
-        raise FileNotFoundError(f"no spectra cube at {cube_path}")
-    if out_path == cube_path:
-        raise ValueError("the output store must not be the input cube")
-    if resume and overwrite:
-        raise ValueError("--resume and --overwrite exclude each other")
-    if input_format == "auto":
-        input_format = "parquet" if is_parquet_input(cube_path) else "zarr"
-    if input_format not in ("zarr", "parquet"):
-        raise ValueError(f"input_format must be 'auto', 'zarr' or 'parquet', got {input_format!r}")
     if model_broadcast not in ("bytes", "path"):
         raise ValueError(f"model_broadcast must be 'bytes' or 'path', got {model_broadcast!r}")
     if chunks_per_partition < 1:
         raise ValueError(f"chunks_per_partition must be >= 1, got {chunks_per_partition}")
-    if isinstance(config, Mapping):
-        config = FitConfig.from_dict(config)
-    config = config if config is not None else FitConfig()
-
-    # ---- cube metadata (the driver reads ids and attrs only, never spectra)
-    parquet_meta: dict[str, Any] | None = None
-    if input_format == "zarr":
-        from gsn_dask.parquet_export import star_chunks
-
-        ds = open_spectra(cube_path)
-        bounds = star_chunks(ds)
-        cube_chunk = int(bounds[0][1] - bounds[0][0]) if bounds else 1
-        stars: np.ndarray | None = rs.as_str_array(ds["star"].values)
-        wavelength = np.asarray(ds["wavelength"].values)
-        normalised = bool(ds.attrs.get("normalised", False))
-    else:
-        from gsn_dask.parquet_export import parquet_metadata
-
-        parquet_meta = parquet_metadata(cube_path)
-        cube_chunk = int(parquet_meta.get("chunk_size") or 0) or 256
-        wavelength = parquet_meta["wavelength"]
-        normalised = bool(parquet_meta.get("attrs", {}).get("normalised", False))
-        stars = None  # read below through Spark (ids only)
-
-    # ---- the model, checked on the driver: fail fast with the emulator's clear message
-    model = load_model(model_path)
-    model.pixel_slice(np.asarray(wavelength))
-
+    cube_path = Path(cube).expanduser().resolve()
+    if input_format == "auto":
+        input_format = "parquet" if is_parquet_input(cube_path) else "zarr"
+    if input_format not in ("zarr", "parquet"):
+        raise ValueError(f"input_format must be 'auto', 'zarr' or 'parquet', got {input_format!r}")
+    meta = zarr_cube_meta(cube_path) if input_format == "zarr" else _parquet_cube_meta(cube_path)
+    plan = prepare_run(meta, model_dir, out, config=config, seed=seed, sampler=sampler, resume=resume,
+                       overwrite=overwrite, chunk_size=chunk_size)
+    pq_out = _check_results_parquet(results_parquet)
     if spark is None:
+        from .session import build_session
+
         t0 = time.perf_counter()
-        spark = build_session(master, ui=ui, threads_per_task=threads_per_task, conf=spark_conf)
+        extra = {"driver_memory": driver_memory} if driver_memory else {}
+        spark = build_session(master, ui=ui, threads_per_task=threads_per_task, conf=spark_conf, **extra)
         timings["startup"] = time.perf_counter() - t0
     sc = spark.sparkContext
     t_plan = time.perf_counter()
     pq_df = None
     if input_format == "parquet":
-        pq_df = spark.read.parquet(str(cube_path))
-        ids = pq_df.select("index", "star").toPandas().sort_values("index")
-        if not np.array_equal(ids["index"].to_numpy(), np.arange(len(ids))):
-            raise ValueError(f"{cube_path}: the 'index' column is not 0..n-1 (an incomplete or mixed export)")
-        stars = rs.as_str_array(ids["star"].to_numpy())
-    assert stars is not None
-    n_star = int(stars.size)
-    if n_star == 0:
-        raise ValueError(f"{cube_path} holds no stars")
-
-    expect = rs.run_identity(model, seed=seed, sampler=sampler, config=config)
-    if out_path.exists() and not rs.store_exists(out_path):
-        if not out_path.is_dir() or any(p.name != rs.LOCK_FILE for p in out_path.iterdir()):
-            raise FileExistsError(f"{out_path} exists and is not a zarr store: choose another --out")
-    token = rs.acquire_lock(out_path, force=force_unlock, note=f"spark_compat fit ({sc.master})")
+        pq_df, stars = _parquet_star_ids(spark, cube_path)
+        plan = plan.with_stars(stars)
     started = rs.utc_now()
-    try:
-        # ---- the store: resume it or create it (attrs as the Dask runner writes them)
-        if rs.store_exists(out_path) and resume:
-            rs.check_resumable(out_path, expect, stars)
-            stored = int(rs.store_attrs(out_path)["chunk_size"])
-            if chunk_size is not None and int(chunk_size) != stored:
-                log.warning("resuming with the store's chunk size %d (not %d)", stored, chunk_size)
-            chunk_size = stored
-        else:
-            if rs.store_exists(out_path) and not overwrite:
-                raise FileExistsError(f"{out_path} exists: use --resume to continue it or --overwrite to replace it")
-            chunk_size = int(chunk_size or cube_chunk)
-            attrs = rs.run_attrs(expect, model, model_dir=model_path, cube_path=cube_path, normalised=normalised,
-                                 engine=ENGINE, config=config)
-            rs.create_store(out_path, stars, model.label_names, chunk_size=int(chunk_size),
-                            n_draws=int(config.n_draws), attrs=attrs, overwrite=overwrite)
-        tasks = chunk_tasks(n_star, int(chunk_size))
-        done = rs.done_chunks(out_path)
-        todo = [t for t in tasks if not done[t.chunk]]
-        n_skipped = len(tasks) - len(todo)
-        if n_skipped:
-            print(f"resuming: {n_skipped} of {len(tasks)} chunks already done", file=sys.stderr)
+    with open_run(plan, n_slots=int(sc.defaultParallelism), engine=ENGINE, force_unlock=force_unlock,
+                  note=f"spark_compat fit ({sc.master})") as store:
         timings["plan"] = time.perf_counter() - t_plan
-
-        # ---- the fit job
-        if model_broadcast == "bytes":
-            payload = model_payload(model_path)
-            model_spec: dict[str, Any] = {"kind": "bytes", "payload": sc.broadcast(payload), "key": payload_key(payload)}
-        else:
-            model_spec = {"kind": "path", "path": str(model_path), "sha256": model.sha256}
-        job: dict[str, Any] = {
-            "cube": str(cube_path), "out": str(out_path), "model": model_spec, "config": config.to_dict(),
-            "seed": int(seed), "sampler": sampler, "threads": int(threads_per_task), "chunk_size": int(chunk_size),
-            "n_star": n_star, "labels": list(model.label_names), "n_draws": int(config.n_draws),
-            "max_attempts": max_task_attempts(sc.master, dict(sc.getConf().getAll())),
-            "fit_fn": fit_fn, "fail_after_write": tuple(int(c) for c in _fail_after_write),
-        }
+        job = _spark_job(plan, store, sc, model_broadcast=model_broadcast, threads_per_task=threads_per_task,
+                         fit_fn=fit_fn)
+        if pq_df is not None:
+            job["parquet_meta"] = _parquet_meta_for_tasks(cube_path)
         t_fit = time.perf_counter()
-        summary = pd.DataFrame(columns=SUMMARY_COLUMNS)
-        if todo:
-            n_parts = max(1, math.ceil(len(todo) / chunks_per_partition))
-            if input_format == "zarr":
-                rdd = sc.parallelize([(t.chunk, t.start, t.stop) for t in todo], numSlices=n_parts)
-                frame = spark.createDataFrame(rdd, _TASK_SCHEMA)
-                result = frame.mapInPandas(functools.partial(fit_partition_zarr, job=job), SUMMARY_SCHEMA)
-            else:
-                from pyspark.sql import functions as F
-
-                job["parquet_meta"] = {**parquet_meta, "wavelength": [float(w) for w in wavelength]}
-                keys = _partition_keys(spark, [t.chunk for t in todo], n_parts)
-                key_df = spark.createDataFrame(pd.DataFrame({"_chunk": list(keys), "_key": list(keys.values())}))
-                frame = (
-                    pq_df.withColumn("_chunk", F.floor(F.col("index") / F.lit(int(chunk_size))).cast("long"))
-                    .join(F.broadcast(key_df), on="_chunk", how="inner")
-                    .repartition(n_parts, "_key")
-                )
-                result = frame.mapInPandas(functools.partial(fit_partition_parquet, job=job), SUMMARY_SCHEMA)
-            stop_evt = threading.Event()
-            bar = _progress_thread(spark, n_parts, stop_evt, "spark fit") if progress else None
-            try:
-                summary = result.toPandas()
-            finally:
-                stop_evt.set()
-                if bar is not None:
-                    bar.join(timeout=2)
-            summary = summary.sort_values("chunk").reset_index(drop=True)
+        summary = _run_fit_job(spark, store, job, pq_df, chunks_per_partition, progress)
         timings["fit"] = time.perf_counter() - t_fit
-        failed = sorted(int(c) for c in summary.loc[summary["error"].notna(), "chunk"]) if len(summary) else []
-        for c in failed:
-            err = summary.loc[summary["chunk"] == c, "error"].iloc[0]
-            print(f"chunk {c} failed: {err}", file=sys.stderr)
-        final_done = rs.done_chunks(out_path)
-        missing = [t.chunk for t in todo if not final_done[t.chunk] and t.chunk not in failed]
-        if missing:
-            raise RuntimeError(f"{len(missing)} chunks have neither a completion record nor a failure: {missing[:10]}")
+        failed = _record_outcome(store, summary)
         last_run = {
-            "engine": ENGINE, "n_chunks": len(tasks), "chunks_fitted": len(summary) - len(failed),
-            "chunks_skipped": n_skipped, "chunks_failed": len(failed), "failed_chunks": failed or None,
+            "engine": ENGINE, "n_chunks": len(store.tasks), "chunks_fitted": len(summary) - len(failed),
+            "chunks_skipped": store.n_skipped, "chunks_failed": len(failed), "failed_chunks": failed or None,
             "n_workers": int(sc.defaultParallelism), "scheduler": sc.master, "dashboard": sc.uiWebUrl,
             "started": started, "wall_s": time.perf_counter() - t_start, "spark_version": spark.version,
         }
-        rs.update_attrs(out_path, {"engine": ENGINE, "last_run": json.dumps(last_run), "updated": rs.utc_now(),
-                                   "spark_master": sc.master})
-
-        # ---- results as Parquet (each task writes its chunks' part files)
-        pq_out: Path | None = None
+        store.finish(ENGINE, {"last_run": json.dumps(last_run), "spark_master": sc.master})
         t_pq = time.perf_counter()
-        if results_parquet is not None:
-            pq_out = Path(results_parquet).expanduser().resolve()
-            if pq_out.exists():
-                shutil.rmtree(pq_out)  # derived from the store, which is the truth
-            pq_out.mkdir(parents=True)
-            rjob = {"out": str(out_path), "results_parquet": str(pq_out)}
-            n = max(1, min(len(tasks), sc.defaultParallelism * 4))
-            rdd = sc.parallelize([(t.chunk, t.start, t.stop) for t in tasks], numSlices=n)
-            spark.createDataFrame(rdd, _TASK_SCHEMA).mapInPandas(
-                functools.partial(write_results_parquet_partition, job=rjob), "chunk long, rows long"
-            ).collect()
-            (pq_out / "_SUCCESS").write_text(f"{len(tasks)} files, {n_star} stars\n")
+        if pq_out is not None:
+            _write_results_parquet(spark, store, pq_out)
         timings["results_parquet"] = time.perf_counter() - t_pq
-    finally:
-        rs.release_lock(out_path, token)
     timings["total"] = time.perf_counter() - t_start
-    from gsn_dask.cube import validate_results
+    return SparkFitReport(results=validate_results(rs.open_store(plan.out)), summary=summary,
+                          n_chunks=len(store.tasks), n_skipped=store.n_skipped, failed_chunks=failed,
+                          timings=timings, out=plan.out, results_parquet=pq_out)
 
-    return SparkFitReport(
-        results=validate_results(rs.open_store(out_path)),
-        summary=summary,
-        n_chunks=len(tasks),
-        n_skipped=n_skipped,
-        failed_chunks=failed,
-        timings=timings,
-        out=out_path,
-        results_parquet=pq_out,
-    )
+
+def _parquet_meta_for_tasks(path: Path) -> dict[str, Any]:
+    """The Parquet export's metadata as executors need it (wavelength as a list of floats)."""
+    from gsn_dask.parquet_export import parquet_metadata
+
+    meta = parquet_metadata(path)
+    return {**meta, "wavelength": [float(w) for w in meta["wavelength"]]}
 
 
 __all__ = [
-    "ChunkTask",
     "ENGINE",
     "SUMMARY_COLUMNS",
     "SUMMARY_SCHEMA",
     "SparkFitReport",
-    "chunk_tasks",
     "configure_worker_threads",
     "fit_and_write_chunk",
     "fit_cube_spark",
@@ -637,6 +567,5 @@ __all__ = [
     "max_task_attempts",
     "model_payload",
     "payload_key",
-    "summarise_rows",
     "write_results_parquet_partition",
 ]

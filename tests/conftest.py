@@ -100,3 +100,24 @@ def tiny_fit_config():
     return FitConfig(
         n_walkers=8, n_burn=10, n_steps=20, max_steps=20, n_coarse=64, n_starts=1, min_good_pixels=100
     )
+
+
+@pytest.fixture(scope="session")
+def fault_fns():
+    """The module :mod:`fit_faults` (fault/delay ``fit_fn`` helpers), registered with cloudpickle
+    (and pyspark's copy of it) so that Dask and Spark workers receive its callables by value."""
+    import cloudpickle
+
+    import fit_faults
+
+    cloudpickle.register_pickle_by_value(fit_faults)
+    try:
+        from pyspark import cloudpickle as spark_cloudpickle
+    except ImportError:
+        spark_cloudpickle = None
+    if spark_cloudpickle is not None:
+        spark_cloudpickle.register_pickle_by_value(fit_faults)
+    yield fit_faults
+    cloudpickle.unregister_pickle_by_value(fit_faults)
+    if spark_cloudpickle is not None:
+        spark_cloudpickle.unregister_pickle_by_value(fit_faults)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +20,19 @@ from gsn_dask.cli.fit import build_config, parse_prior
 from conftest import TINY_BAD, TINY_N_GOOD
 
 N_STAR = TINY_N_GOOD + len(TINY_BAD)
+
+#: `gsn-dask` whose fit tasks sleep 1 s each (slow tasks on demand): the run_fit that the command
+#: calls gets a fit_fn from tests/fit_faults.py, sent to the Dask workers by value
+SLOW_CLI = f"""
+import functools, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+import cloudpickle, fit_faults
+cloudpickle.register_pickle_by_value(fit_faults)
+import gsn_dask.pipeline as pipeline
+pipeline.run_fit = functools.partial(pipeline.run_fit, fit_fn=fit_faults.SlowFit(1.0))
+from gsn_dask.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
 
 
 def _args(*extra: str) -> argparse.Namespace:
@@ -133,10 +147,10 @@ def test_ctrl_c_then_resume(tmp_path, tiny_cube_path, tiny_model_dir, tiny_fit_c
     no worker tracebacks; the same command with --resume (here on the serial engine) completes
     it and equals an uninterrupted run."""
     out = tmp_path / "res.zarr"
-    base = [sys.executable, "-m", "gsn_dask", *_cmd(tiny_cube_path, tiny_model_dir, out, tiny_fit_config,
-                                                     "--chunk-size", "3")]
+    args = _cmd(tiny_cube_path, tiny_model_dir, out, tiny_fit_config, "--chunk-size", "3")
+    base = [sys.executable, "-m", "gsn_dask", *args]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen([*base, "--workers", "2", "--debug-task-delay", "1.0"], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_CLI, *args, "--workers", "2"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
     try:
         deadline = time.time() + 120

@@ -7,7 +7,6 @@ reproduce it exactly.
 """
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 import signal
@@ -27,7 +26,7 @@ from gsn_dask import model_cache
 from gsn_dask import results_store as rs
 from gsn_dask.cube import RESULTS_SCHEMA, open_spectra, validate_results
 from gsn_dask.flags import Flag
-from gsn_dask.pipeline import run_fit, sleepy_fit_block
+from gsn_dask.pipeline import run_fit
 
 from conftest import TINY_BAD, TINY_CHUNK, TINY_N_GOOD
 
@@ -140,6 +139,24 @@ def test_dask_equals_serial_other_chunking(reference, client, tmp_path, tiny_cub
     assert not np.array_equal(other["median"].values[good], ds["median"].values[good])
 
 
+def test_dask_splits_a_cube_of_few_chunks(reference, client, tmp_path, tiny_cube_path, tiny_model_dir,
+                                          tiny_fit_config):
+    """Every worker busy: the cube's 4 chunks are fewer than 4 tasks x 2 workers, so without a
+    --chunk-size the run makes 7 tasks of 4 stars (and the store's zarr chunks follow); the numbers
+    do not move. The serial engine (one slot) keeps the cube's chunks."""
+    import zarr
+
+    info: dict = {}
+    out = tmp_path / "res.zarr"
+    ds = run_fit(tiny_cube_path, tiny_model_dir, out, config=tiny_fit_config, seed=SEED, client=client,
+                 progress=False, info=info)
+    assert ds.attrs["chunk_size"] == 4 and info["n_chunks"] == 7 and info["chunks_fitted"] == 7
+    assert zarr.open_group(str(out), mode="r")["median"].chunks == (4, 3)
+    assert len({r["pid"] for r in info["task_records"]}) == 2  # both workers fitted
+    assert_same_results(ds, reference[1])
+    assert reference[1].attrs["chunk_size"] == TINY_CHUNK
+
+
 def test_existing_store_refused_and_overwrite(reference, tmp_path, tiny_cube_path, tiny_model_dir, tiny_fit_config):
     out = tmp_path / "res.zarr"
     shutil.copytree(reference[0], out)
@@ -158,8 +175,10 @@ def test_existing_store_refused_and_overwrite(reference, tmp_path, tiny_cube_pat
     calls = []
 
     def counting(block, model, **kw):
+        from gsn_dask.fit.block import fit_block
+
         calls.append(block.sizes["star"])
-        return sleepy_fit_block(block, model, delay_s=0, **kw)
+        return fit_block(block, model, **kw)
 
     ds = run_fit(tiny_cube_path, tiny_model_dir, out, config=tiny_fit_config, seed=SEED, engine="serial",
                  overwrite=True, chunk_size=9, progress=False, fit_fn=counting)
@@ -225,11 +244,11 @@ def test_resume_on_dask_fits_only_missing(reference, client, tmp_path, tiny_cube
     assert_same_results(ds, reference[1])
 
 
-def test_second_writer_refused(reference, tmp_path, tiny_cube_path, tiny_model_dir, tiny_fit_config):
+def test_second_writer_refused(reference, tmp_path, tiny_cube_path, tiny_model_dir, tiny_fit_config, fault_fns):
     """Two runs on one store at once: the second is refused with a clear message; the first
     finishes normally. A dead run's lock is taken over with a warning."""
     out = tmp_path / "res.zarr"
-    slow = functools.partial(sleepy_fit_block, delay_s=0.4)
+    slow = fault_fns.SlowFit(0.4)
     first: dict = {}
 
     def run_first():
@@ -337,7 +356,8 @@ def test_model_mismatch_refused_before_writing(tmp_path, tiny_cube_path, tiny_fi
 
 
 @pytest.mark.slow
-def test_worker_killed_mid_task(reference, client, tmp_path, tiny_cube_path, tiny_model_dir, tiny_fit_config):
+def test_worker_killed_mid_task(reference, client, tmp_path, tiny_cube_path, tiny_model_dir, tiny_fit_config,
+                                fault_fns):
     """kill -9 a worker process while it runs a task: the task is rerun elsewhere, the result
     is identical and no chunk fails."""
     killed: dict = {}
@@ -361,8 +381,8 @@ def test_worker_killed_mid_task(reference, client, tmp_path, tiny_cube_path, tin
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds = run_fit(tiny_cube_path, tiny_model_dir, tmp_path / "res.zarr", config=tiny_fit_config, seed=SEED,
-                     client=client, progress=False, info=info,
-                     fit_fn=functools.partial(sleepy_fit_block, delay_s=2.0))
+                     client=client, progress=False, info=info, chunk_size=TINY_CHUNK,
+                     fit_fn=fault_fns.SlowFit(2.0))
     t.join(5)
     assert "pid" in killed
     assert info["chunks_failed"] == 0 and info["chunks_fitted"] == 4

@@ -7,7 +7,7 @@ import importlib
 import logging
 import sys
 
-from .. import __version__
+from .._version import __version__
 
 #: subcommand modules, in the order shown by --help
 SUBCOMMANDS = ("ingest", "grid", "train", "fit", "validate", "diagnose", "simulate", "demo", "export_parquet")

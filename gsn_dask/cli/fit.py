@@ -52,12 +52,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--threads-per-worker", type=int, default=1, metavar="N",
                    help="threads per worker (default 1; BLAS is kept at 1 thread per task)")
     g.add_argument("--chunk-size", type=int, default=None, metavar="N",
-                   help="stars per task and per output zarr chunk (default: the cube's chunk)")
+                   help="stars per task and per output zarr chunk (default: the cube's chunk, split into "
+                   "about 4 tasks per worker when the cube has fewer chunks than that)")
     g.add_argument("--retries", type=int, default=2, metavar="N",
                    help="re-runs of a task that raised (a dead worker's task is always rerun) (default 2)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    # testing/debugging only: every task sleeps this long before fitting (slow tasks on demand)
-    g.add_argument("--debug-task-delay", type=float, default=0.0, help=argparse.SUPPRESS)
 
     add_store_options(p)
     add_fit_options(p)
@@ -87,7 +86,7 @@ def add_store_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGrou
 def add_fit_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """The sampling options (``--seed``, ``--sampler``, ``--walkers`` ... ``--config``, ``--set``)
     that :func:`build_config` reads, shared by ``gsn-dask fit`` and ``python -m spark_compat fit``."""
-    from ..pipeline import SAMPLERS
+    from ..fit.config import SAMPLERS
 
     f = parser.add_argument_group("sampling (defaults: gsn_dask.fit.config.FitConfig)")
     f.add_argument("--seed", type=int, default=0, help="run seed (default 0)")
@@ -173,20 +172,13 @@ def run(args: argparse.Namespace) -> int:
     if args.engine == "serial" and (args.scheduler or args.workers):
         print("note: --scheduler/--workers are ignored with --engine serial", file=sys.stderr)
     info: dict[str, Any] = {}
-    fit_fn = None
-    if args.debug_task_delay > 0:
-        import functools
-
-        from ..pipeline import sleepy_fit_block
-
-        fit_fn = functools.partial(sleepy_fit_block, delay_s=args.debug_task_delay)
     try:
         ds = run_fit(
             args.cube, args.model, args.out,
             config=config, seed=args.seed, scheduler=args.scheduler, n_workers=args.workers,
             threads_per_worker=args.threads_per_worker, chunk_size=args.chunk_size, resume=args.resume,
             sampler=args.sampler, progress=not args.no_progress, overwrite=args.overwrite,
-            force_unlock=args.force_unlock, engine=args.engine, retries=args.retries, info=info, fit_fn=fit_fn,
+            force_unlock=args.force_unlock, engine=args.engine, retries=args.retries, info=info,
         )
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished chunks are saved in {args.out}; continue with the same command "

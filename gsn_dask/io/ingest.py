@@ -38,10 +38,11 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .. import __version__
+from .._version import __version__
 from ..cube import (
     DEFAULT_CHUNK_SIZE,
     CubeSchemaError,
+    check_output_path,
     label_names,
     log_lambda_grid,
     make_spectra,
@@ -595,6 +596,7 @@ def ingest(
         raise ValueError("use either append or overwrite, not both")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    check_output_path(out)  # under a plain file / not writable: one clear error before reading any file
     existing = None
     if out.exists():
         if append:

@@ -314,6 +314,38 @@ def test_cli_help(capsys):
         assert opt in text
 
 
+def test_cli_out_not_writable_one_line(tmp_path, capsys, monkeypatch):
+    """--out under a plain file, or in a folder that cannot be created (even by root: /sys), is
+    one error line and exit status 1, no traceback; the plain-file case is refused before any
+    file is read."""
+    _make_inputs(tmp_path / "in")
+    plain = tmp_path / "f"
+    plain.write_text("hi\n")
+    import gsn_dask.io.ingest as ingest_mod
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("no file may be read")
+
+    with monkeypatch.context() as m:
+        m.setattr(ingest_mod, "find_spectra_files", no_reading)
+        rc = main(["ingest", str(tmp_path / "in"), "--out", str(plain / "c.zarr"), "--workers", "0", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("gsn-dask ingest: error: cannot write") and "which is a file" in err
+    assert plain.read_text() == "hi\n"
+    target = Path("/sys") / f"gsn-dask-test-{tmp_path.name}"
+    try:
+        target.mkdir()
+    except OSError:
+        pass
+    else:  # pragma: no cover - a writable /sys: nothing to test here
+        target.rmdir()
+        pytest.skip("/sys is writable on this machine")
+    rc = main(["ingest", str(tmp_path / "in"), "--out", str(target / "c.zarr"), "--workers", "0", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1 and "Traceback" not in err and str(target) in err, err
+
+
 def test_cli_end_to_end(tmp_path, capsys):
     _make_inputs(tmp_path / "in")
     out = tmp_path / "cli.zarr"

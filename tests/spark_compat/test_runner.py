@@ -60,6 +60,24 @@ def test_model_mismatch_refused_before_spark(tmp_path, tiny_cube_path, tiny_mode
         fit_cube_spark(tiny_cube_path, tmp_path / "m", tmp_path / "r.zarr", config=tiny_fit_config, spark=object())
 
 
+@pytest.mark.parametrize("sampler", ["emcee", "batched"])
+@pytest.mark.parametrize("bad", [["--set", "n_walkers=6"], ["--prior", "foo=1,2"], ["--thin", "200"]])
+def test_cli_config_refused_before_spark(bad, sampler, tmp_path, tiny_cube_path, tiny_model_dir, tiny_fit_config,
+                                         capsys):
+    """A config that does not fit the model: one line, exit status 1, before Spark starts or
+    anything is written (the runner used to fail every task and exit 3, or write error rows)."""
+    import json
+
+    from spark_compat.__main__ import main
+
+    out = tmp_path / "res.zarr"
+    rc = main(["fit", str(tiny_cube_path), "--model", str(tiny_model_dir), "--out", str(out), "--no-progress",
+               "--config", json.dumps(tiny_fit_config.to_dict()), "--sampler", sampler, *bad])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1 and err.startswith("spark_compat fit: error: FitConfig: "), err
+    assert not out.exists()
+
+
 @pytest.fixture(scope="module")
 def spark_run(spark, tmp_path_factory, tiny_cube_path, tiny_model_dir, tiny_fit_config):
     """One local[2] fit of the tiny cube (3 chunks), with results Parquet."""
@@ -78,13 +96,15 @@ def test_local_fit_equals_serial(spark_run, serial_reference):
     assert res.attrs["seed"] == SEED
     assert_same_results(res, serial_reference)
     # every chunk fitted once, summary counts add up to the stars
+    # every worker busy: the cube's 4 chunks are fewer than 4 tasks x 2 cores, so 7 tasks of 4 stars
     s = report.summary
-    assert report.n_chunks == 4 and report.n_skipped == 0 and report.failed_chunks == []
-    assert s["chunk"].tolist() == [0, 1, 2, 3]
-    assert (s["stop"] - s["start"]).tolist() == [8, 8, 8, 3]
+    assert report.n_chunks == 7 and report.n_skipped == 0 and report.failed_chunks == []
+    assert res.attrs["chunk_size"] == 4
+    assert s["chunk"].tolist() == list(range(7))
+    assert (s["stop"] - s["start"]).tolist() == [4] * 6 + [3]
     assert s["error"].isna().all()
     assert int((s["n_ok"] + s["n_flagged"] + s["n_failed"]).sum()) == N_STAR
-    assert np.asarray(res["chunk_done"].values).tolist() == [1, 1, 1, 1]
+    assert np.asarray(res["chunk_done"].values).tolist() == [1] * 7
     # bad input rows are flagged, not fatal
     flag = np.asarray(res["flag"].values)
     status = _strs(res["status"].values)
@@ -151,13 +171,15 @@ def test_resume_skips_done_chunks(spark, serial_store, tmp_path, tiny_cube_path,
 
 
 def test_task_retry_rewrites_own_region(spark, tmp_path, tiny_cube_path, tiny_model_dir, tiny_fit_config,
-                                        serial_reference):
-    """A task that dies after writing its rows but before its completion record is retried by
+                                        serial_reference, fault_fns):
+    """A task that dies after writing (wrong) rows but before its completion record is retried by
     Spark (local[2,2]: 2 attempts) and the store ends up identical to the serial fit."""
     from spark_compat.runner import fit_cube_spark
 
-    report = fit_cube_spark(tiny_cube_path, tiny_model_dir, tmp_path / "res.zarr", config=tiny_fit_config, seed=SEED,
-                            spark=spark, progress=False, model_broadcast="path", _fail_after_write=[1])
+    out = tmp_path / "res.zarr"
+    dying = fault_fns.FailAfterWriteOnce(str(out), {"tiny-008": 8})  # chunk 1 of 8 stars
+    report = fit_cube_spark(tiny_cube_path, tiny_model_dir, out, config=tiny_fit_config, seed=SEED, spark=spark,
+                            progress=False, model_broadcast="path", chunk_size=8, fit_fn=dying)
     s = report.summary.set_index("chunk")
     assert s.loc[1, "attempt"] == 1 and s.loc[0, "attempt"] == 0
     assert_same_results(report.results.load(), serial_reference)
@@ -171,7 +193,7 @@ def test_parquet_input(spark, tmp_path, tiny_cube_path, tiny_model_dir, tiny_fit
     pq = export_parquet(tiny_cube_path, tmp_path / "cube_pq")
     report = fit_cube_spark(pq, tiny_model_dir, tmp_path / "res.zarr", config=tiny_fit_config, seed=SEED, spark=spark,
                             input_format="parquet", progress=False)
-    assert report.summary["chunk"].tolist() == [0, 1, 2, 3]
+    assert report.summary["chunk"].tolist() == list(range(7))  # split for 2 cores, as with zarr input
     assert report.results.attrs["engine"] == "spark"
     assert_same_results(report.results.load(), serial_reference)
 
@@ -187,7 +209,7 @@ def test_cli_fit_in_process(spark, tmp_path, tiny_cube_path, tiny_model_dir, tin
                "--config", json.dumps(tiny_fit_config.to_dict()), "--no-progress", "--results-parquet", str(tmp_path / "pq")])
     assert rc == 0
     text = capsys.readouterr().out
-    assert "27 stars in 4 chunks" in text
+    assert "27 stars in 7 chunks" in text
     assert (tmp_path / "pq" / "_SUCCESS").exists()
     assert not spark.sparkContext._jsc.sc().isStopped()
     rc = main(["fit", str(tiny_cube_path), "--model", str(tiny_model_dir), "--out", str(out), "--seed", "3",
@@ -197,23 +219,20 @@ def test_cli_fit_in_process(spark, tmp_path, tiny_cube_path, tiny_model_dir, tin
 
 
 def test_failed_chunks_flagged_then_resumed(spark, tmp_path, tiny_cube_path, tiny_model_dir, tiny_fit_config,
-                                            serial_reference):
+                                            serial_reference, fault_fns):
     """A chunk whose task raises on every attempt gets rows flagged NOT_FITTED with the reason and
     is not marked done (the run goes on); --resume then fits it."""
-    import functools
-
-    from gsn_dask.pipeline import sleepy_fit_block
     from spark_compat.runner import fit_cube_spark
 
     out = tmp_path / "res.zarr"
-    broken = functools.partial(sleepy_fit_block, delay_s=-1.0)  # time.sleep(-1) raises ValueError
+    broken = fault_fns.FailingFit("disk on fire")  # raises ValueError on every attempt
     report = fit_cube_spark(tiny_cube_path, tiny_model_dir, out, config=tiny_fit_config, seed=SEED, spark=spark,
                             progress=False, fit_fn=broken, chunk_size=16)
     assert report.n_chunks == 2 and report.failed_chunks == [0, 1]
     assert report.summary["attempt"].tolist() == [1, 1]  # retried once (local[2,2]), recorded on the last
     res = report.results.load()
     assert np.all(np.asarray(res["flag"].values) & int(Flag.NOT_FITTED))
-    assert all(s.startswith("error: chunk task failed: ValueError") for s in _strs(res["status"].values))
+    assert all(s == "error: chunk task failed: ValueError: disk on fire" for s in _strs(res["status"].values))
     assert np.asarray(res["chunk_done"].values).tolist() == [0, 0]
     again = fit_cube_spark(tiny_cube_path, tiny_model_dir, out, config=tiny_fit_config, seed=SEED, spark=spark,
                            progress=False, resume=True)
