@@ -269,7 +269,8 @@ def bench_map(model, posts, cfg) -> dict:
     return out
 
 
-def main(argv=None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command-line options."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="model directory, or \"toy\" (default: the shipped MILES GSN if installed, else toy)")
     ap.add_argument("--n-spectra", type=int, default=128, help="spectra for the batched CPU run")
@@ -284,7 +285,11 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "batched.json"))
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
 
     model, model_desc = get_model(args.model)
     n_all = max(args.n_spectra, args.n_emcee, args.n_emcee_stretch)

@@ -299,7 +299,8 @@ def fmt(v):
     return str(v)
 
 
-def main(argv=None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command-line options."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cube", type=Path, default=None,
                     help="MILES training cube (default: the demo's, in the user cache; built on first use)")
@@ -315,67 +316,63 @@ def main(argv=None) -> int:
     ap.add_argument("--throughput-models", nargs="*", type=Path, default=[],
                     help="more model dirs to time (e.g. an ensemble model)")
     ap.add_argument("--label-range", nargs=3, action="append", default=None, metavar=("NAME", "LO", "HI"))
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
+
+def show(name: str, r: dict) -> None:
+    """One line per trained recipe: CV residuals, emulator error, recovery per Teff range."""
+    print(f"[{name}] cv|r|={r['cv_resid_per_pixel_median']:.4g} emu={r['emulator_error_median']:.4g} "
+          f"chi_tot={r['cv_chi_tot_mad_std']:.3g} train={r['train_time_s']}s "
+          + " | ".join(f"{tag}: n={s['n']} T {s['teff_bias']:+.0f}/{s['teff_scatter']:.0f} "
+                       f"g {s['logg_bias']:+.2f}/{s['logg_scatter']:.2f} "
+                       f"m {s['feh_bias']:+.2f}/{s['feh_scatter']:.2f} out_g {s['logg_outlier_frac']:.1%}"
+                       for tag, s in r["recovery"].items() if isinstance(s, dict)), flush=True)
+
+
+def miles_sections(args: argparse.Namespace, base: dict, results: dict) -> None:
+    """The default recipe on the MILES cube (CV, refit, recovery) and the ``--sweep`` settings."""
     from gsn_dask.demo import miles_training_cube
+
+    if args.cube is None:
+        args.cube = miles_training_cube(progress=sys.stderr.isatty(), n_workers=0)
+    elif not args.cube.exists():
+        raise SystemExit(f"no MILES cube at {args.cube}")
+    if "miles" not in args.skip:  # the default recipe: K-fold CV, refit on all stars, recovery
+        r = miles_cv_and_recovery(args.cube, dict(base), save_model=args.save_model, progress=sys.stderr.isatty())
+        est, lit = r.pop("_est"), r.pop("_lit")
+        np.savez(HERE / "results" / "emulator_miles_recovery.npz", est=est, lit=lit)
+        results["miles"] = r
+        show("default", r)
+    if args.sweep or args.sweep_only:
+        sweep = results.get("miles_sweep", {})
+        for run in [r for r in SWEEP if not args.sweep_only or r["name"] in args.sweep_only]:
+            cfg = {**base, **{k: v for k, v in run.items() if k != "name"}}
+            r = miles_cv_and_recovery(args.cube, cfg, progress=sys.stderr.isatty())
+            r.pop("_est"), r.pop("_lit")
+            sweep[run["name"]] = r
+            show(run["name"], r)
+            results["miles_sweep"] = sweep
+            args.out.write_text(json.dumps(results, indent=1, default=_json_default))
+
+
+def throughput_sections(args: argparse.Namespace, results: dict) -> None:
+    """Spectra per second of the saved (or a random default-size) model and of ``--throughput-models``."""
     from gsn_dask.emulator_recipe import DEFAULT_RECIPE
 
-    base = {"threads": args.threads, "labels": ["teff", "logg", "feh"]}
-    if args.label_range:
-        base["label_ranges"] = {n: (float(lo), float(hi)) for n, lo, hi in args.label_range}
-    for k, v in args.set:
-        base[k] = json.loads(v)
-    results: dict = {"defaults": DEFAULT_RECIPE.to_json(), "overrides": {k: v for k, v in base.items()}, "baseline_payne_style": BASELINE}
-    if args.out.exists():
-        try:
-            results = {**json.loads(args.out.read_text()), **results}
-        except json.JSONDecodeError:
-            pass
-    def show(name: str, r: dict) -> None:
-        print(f"[{name}] cv|r|={r['cv_resid_per_pixel_median']:.4g} emu={r['emulator_error_median']:.4g} "
-              f"chi_tot={r['cv_chi_tot_mad_std']:.3g} train={r['train_time_s']}s "
-              + " | ".join(f"{tag}: n={s['n']} T {s['teff_bias']:+.0f}/{s['teff_scatter']:.0f} "
-                           f"g {s['logg_bias']:+.2f}/{s['logg_scatter']:.2f} "
-                           f"m {s['feh_bias']:+.2f}/{s['feh_scatter']:.2f} out_g {s['logg_outlier_frac']:.1%}"
-                           for tag, s in r["recovery"].items() if isinstance(s, dict)), flush=True)
+    md = str(args.save_model) if args.save_model and (args.save_model / "model.json").exists() else None
+    n_pix = results.get("miles", {}).get("n_pix", 3000)
+    results["throughput"] = throughput(md, n_pix, DEFAULT_RECIPE.hidden_widths[0], DEFAULT_RECIPE.activation)
+    results["throughput"]["model"] = md or "random weights, default architecture"
+    print("[throughput]", results["throughput"], flush=True)
+    for extra in args.throughput_models:
+        t = throughput(str(extra), 0, 0, "")
+        t["model"] = str(extra)
+        results[f"throughput_{extra.name}"] = t
+        print(f"[throughput {extra.name}]", t, flush=True)
 
-    if "miles" not in args.skip or args.sweep or args.sweep_only:
-        if args.cube is None:
-            args.cube = miles_training_cube(progress=sys.stderr.isatty(), n_workers=0)
-        elif not args.cube.exists():
-            raise SystemExit(f"no MILES cube at {args.cube}")
-        if "miles" not in args.skip:  # the default recipe: K-fold CV, refit on all stars, recovery
-            r = miles_cv_and_recovery(args.cube, dict(base), save_model=args.save_model, progress=sys.stderr.isatty())
-            est, lit = r.pop("_est"), r.pop("_lit")
-            np.savez(HERE / "results" / "emulator_miles_recovery.npz", est=est, lit=lit)
-            results["miles"] = r
-            show("default", r)
-        if args.sweep or args.sweep_only:
-            sweep = results.get("miles_sweep", {})
-            for run in [r for r in SWEEP if not args.sweep_only or r["name"] in args.sweep_only]:
-                cfg = {**base, **{k: v for k, v in run.items() if k != "name"}}
-                r = miles_cv_and_recovery(args.cube, cfg, progress=sys.stderr.isatty())
-                r.pop("_est"), r.pop("_lit")
-                sweep[run["name"]] = r
-                show(run["name"], r)
-                results["miles_sweep"] = sweep
-                args.out.write_text(json.dumps(results, indent=1, default=_json_default))
-    if "synthetic" not in args.skip:
-        results["synthetic"] = synthetic_grid()
-        print("[synthetic]", results["synthetic"], flush=True)
-    if "throughput" not in args.skip:
-        md = str(args.save_model) if args.save_model and (args.save_model / "model.json").exists() else None
-        n_pix = results.get("miles", {}).get("n_pix", 3000)
-        results["throughput"] = throughput(md, n_pix, TRAIN_DEFAULTS["hidden"], TRAIN_DEFAULTS["activation"])
-        results["throughput"]["model"] = md or "random weights, default architecture"
-        print("[throughput]", results["throughput"], flush=True)
-        for extra in args.throughput_models:
-            t = throughput(str(extra), 0, 0, "")
-            t["model"] = str(extra)
-            results[f"throughput_{extra.name}"] = t
-            print(f"[throughput {extra.name}]", t, flush=True)
 
-    # ---- table
+def table_rows(results: dict) -> list[tuple[str, str]]:
+    """(quantity, value) rows of the printed table."""
     rows = []
     m = results.get("miles")
     if m:
@@ -392,7 +389,7 @@ def main(argv=None) -> int:
             rows.append((f"recovery {tag} logg bias/scatter [dex]", f"{s['logg_bias']:+.3f} / {s['logg_scatter']:.3f}"))
             rows.append((f"recovery {tag} [Fe/H] bias/scatter [dex]", f"{s['feh_bias']:+.3f} / {s['feh_scatter']:.3f}"))
             rows.append((f"recovery {tag} |dlogg|>0.5 fraction", f"{s['logg_outlier_frac']:.1%}"))
-        rows.append(("MILES train time CPU (5-fold + final) [s]", fmt(m["train_time_s"])))
+        rows.append(("MILES train time CPU (K-fold + final) [s]", fmt(m["train_time_s"])))
     for name, r in results.get("miles_sweep", {}).items():
         s = r["recovery"]["3500-8000K"]
         rows.append((f"sweep {name}: CV |r| / emu err / T,logg,feh scatter / |dlogg|>0.5",
@@ -414,6 +411,34 @@ def main(argv=None) -> int:
         if key.startswith("throughput_"):
             rows.append((f"{key} numpy / torch 1 thread [spectra/s]",
                          f"{t['numpy_spectra_per_s']:.0f} / {t['torch_spectra_per_s']:.0f} (hidden {t['hidden']})"))
+    return rows
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+
+    from gsn_dask.emulator_recipe import DEFAULT_RECIPE
+
+    base = {"threads": args.threads, "labels": ["teff", "logg", "feh"]}
+    if args.label_range:
+        base["label_ranges"] = {n: (float(lo), float(hi)) for n, lo, hi in args.label_range}
+    for k, v in args.set:
+        base[k] = json.loads(v)
+    results: dict = {"defaults": DEFAULT_RECIPE.to_json(), "overrides": {k: v for k, v in base.items()},
+                     "baseline_payne_style": BASELINE}
+    if args.out.exists():
+        try:
+            results = {**json.loads(args.out.read_text()), **results}
+        except json.JSONDecodeError:
+            pass
+    if "miles" not in args.skip or args.sweep or args.sweep_only:
+        miles_sections(args, base, results)
+    if "synthetic" not in args.skip:
+        results["synthetic"] = synthetic_grid()
+        print("[synthetic]", results["synthetic"], flush=True)
+    if "throughput" not in args.skip:
+        throughput_sections(args, results)
+    rows = table_rows(results)
     w = max((len(r[0]) for r in rows), default=10)
     print("\n" + "\n".join(f"{a:<{w}}  {b}" for a, b in rows))
     args.out.parent.mkdir(parents=True, exist_ok=True)

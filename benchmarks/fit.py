@@ -223,7 +223,8 @@ def bench_moves(model, stars, moves=("stretch", "de", "laplace-de")):
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command-line options."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n-stars", type=int, default=12, help="spectra fitted with gsn-dask")
     ap.add_argument("--n-baseline", type=int, default=3, help="spectra fitted with the baseline")
@@ -231,7 +232,45 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default=None, help="model dir (default: the shipped MILES GSN if installed, else toy)")
     ap.add_argument("--skip-moves", action="store_true", help="skip the move comparison")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fit.json"))
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def print_report(r: dict) -> None:
+    """The benchmark table of a result record (as written to the JSON file)."""
+    print(f"model: {r['model']}  ({r['n_pix']} px, labels {r['labels']})")
+    print(f"S/N {r['snr']}; 1 BLAS thread; load average {r['machine']['loadavg_start'][0]:.1f} -> {r['machine']['loadavg_end'][0]:.1f} "
+          f"on {os.cpu_count()} cores (CPU seconds are this process's)")
+    hdr = f"{'method':<46}{'stars':>6}{'cpu s/spec':>11}{'wall s':>8}{'n_eff_min':>10}{'tau':>6}{'steps':>7}{'evals':>7}{'cpu s/100neff':>14}{'>=50tau':>8}"
+    print(hdr)
+    print("-" * len(hdr))
+    names = {
+        "gsn_dask": "gsn-dask default (n_eff>=100, >=50 tau)",
+        "baseline_converged": "baseline, same standard (n_eff>=100, >=50 tau)",
+        "gsn_dask_neff100_only": "gsn-dask, n_eff>=100 only",
+        "baseline_neff100_only": "baseline, n_eff>=100 only",
+    }
+    for key, name in names.items():
+        s_ = r["summary"][key]
+        print(f"{name:<46}{s_['n_stars']:>6}{s_['cpu_s']:>11.3f}{s_['wall_s']:>8.2f}{s_['n_eff_min']:>10.0f}{s_['tau_max']:>6.1f}"
+              f"{s_['n_steps']:>7.0f}{s_['n_eval']:>7.0f}{s_['cpu_s_per_100_neff']:>14.4f}{s_['converged_50tau_fraction']:>8.0%}")
+    for k, v in r["speedup"].items():
+        print(f"speed-up, {k}: {v:.1f}x")
+    print(f"gsn-dask default: min n_eff over stars {r['summary']['gsn_dask']['min_n_eff_min']:.0f}; "
+          f"coarse set (once per model) {r['coarse_set_cpu_s_once_per_model']:.3f} s")
+    print("\nlikelihood paths at a fixed rv (quadratic form vs direct):")
+    for p in r["likelihood_paths"]:
+        print(f"  {p['n_walkers']:>3} walkers: direct {p['direct_s_per_call']*1e3:.3f} ms/call, quadratic "
+              f"{p['quadratic_s_per_call']*1e3:.3f} ms/call, precompute {p['precompute_s']*1e3:.0f} ms, "
+              f"break-even {p['break_even_calls']:.0f} calls, max |dchi2| {p['max_abs_dchi2']:.2e} (chi2 {p['chi2']:.0f})")
+    if r["moves"]:
+        print("\nmoves (12 walkers, 600 production steps):")
+        for m in r["moves"]:
+            print(f"  {m['moves']:<11} tau_max {m['tau_max_mean']:.1f} steps, acceptance {m['acceptance_mean']:.2f}, "
+                  f"50 tau = {m['steps_for_50tau']:.0f} steps")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
 
     from gsn_dask import __version__
     from gsn_dask.fit.config import FitConfig
@@ -320,36 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
 
-    print(f"model: {model_desc}  ({model.wavelength.size} px, labels {model.label_names})")
-    print(f"S/N {args.snr}; 1 BLAS thread; load average {load0[0]:.1f} -> {os.getloadavg()[0]:.1f} "
-          f"on {os.cpu_count()} cores (CPU seconds are this process's)")
-    hdr = f"{'method':<46}{'stars':>6}{'cpu s/spec':>11}{'wall s':>8}{'n_eff_min':>10}{'tau':>6}{'steps':>7}{'evals':>7}{'cpu s/100neff':>14}{'>=50tau':>8}"
-    print(hdr)
-    print("-" * len(hdr))
-    names = {
-        "gsn_dask": "gsn-dask default (n_eff>=100, >=50 tau)",
-        "baseline_converged": "baseline, same standard (n_eff>=100, >=50 tau)",
-        "gsn_dask_neff100_only": "gsn-dask, n_eff>=100 only",
-        "baseline_neff100_only": "baseline, n_eff>=100 only",
-    }
-    for key, name in names.items():
-        s_ = summary[key]
-        print(f"{name:<46}{s_['n_stars']:>6}{s_['cpu_s']:>11.3f}{s_['wall_s']:>8.2f}{s_['n_eff_min']:>10.0f}{s_['tau_max']:>6.1f}"
-              f"{s_['n_steps']:>7.0f}{s_['n_eval']:>7.0f}{s_['cpu_s_per_100_neff']:>14.4f}{s_['converged_50tau_fraction']:>8.0%}")
-    for k, v in speedup.items():
-        print(f"speed-up, {k}: {v:.1f}x")
-    print(f"gsn-dask default: min n_eff over stars {summary['gsn_dask']['min_n_eff_min']:.0f}; "
-          f"coarse set (once per model) {t_coarse:.3f} s")
-    print("\nlikelihood paths at a fixed rv (quadratic form vs direct):")
-    for p in paths:
-        print(f"  {p['n_walkers']:>3} walkers: direct {p['direct_s_per_call']*1e3:.3f} ms/call, quadratic "
-              f"{p['quadratic_s_per_call']*1e3:.3f} ms/call, precompute {p['precompute_s']*1e3:.0f} ms, "
-              f"break-even {p['break_even_calls']:.0f} calls, max |dchi2| {p['max_abs_dchi2']:.2e} (chi2 {p['chi2']:.0f})")
-    if moves:
-        print("\nmoves (12 walkers, 600 production steps):")
-        for m in moves:
-            print(f"  {m['moves']:<11} tau_max {m['tau_max_mean']:.1f} steps, acceptance {m['acceptance_mean']:.2f}, "
-                  f"50 tau = {m['steps_for_50tau']:.0f} steps")
+    print_report(result)
     print(f"\nwrote {out}")
     return 0
 

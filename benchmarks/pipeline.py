@@ -130,7 +130,8 @@ def run_runner(cube: Path, model_dir: Path, out: Path, config, seed: int, n_work
             "shutdown_s": info.get("shutdown_s", 0.0), **overhead(info), "median": median, "status": status}
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command-line options."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n-stars", type=int, default=96)
     ap.add_argument("--chunk-size", type=int, default=12)
@@ -140,7 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--toy-full", action="store_true", help="use the full-size toy GSN instead of the tiny one")
     ap.add_argument("--steps", type=int, default=None, help="production steps (default FitConfig)")
     ap.add_argument("--out", type=Path, default=RESULTS)
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     logging.getLogger("distributed").setLevel(logging.ERROR)
 
     from gsn_dask.fit.config import FitConfig

@@ -8,9 +8,10 @@ Steps (each with progress output; everything lands in ``out_dir``):
 2. **Hold-out** — a fixed subset never seen in training: MILES stars with literature
    3500 <= Teff <= 8000 K whose MILES number (``mNNNN``) is divisible by :data:`HOLDOUT_EVERY`
    (~100 stars). The rest train the GSN.
-3. **GSN** — :func:`gsn_dask.emulator_torch.train_gsn` on the training stars (K-fold CV for
-   the per-pixel emulator error). Cached by the hash of its inputs and settings, so a second
-   demo reuses it.
+3. **GSN** — :func:`gsn_dask.calibration.train_and_calibrate` with ``gsn-dask train``'s default
+   recipe (:data:`gsn_dask.emulator_recipe.DEFAULT_RECIPE`: K-fold CV for the per-pixel emulator
+   error, then the label systematics) on the training stars. Cached by the hash of its inputs
+   and recipe, so a second demo reuses it.
 4. **LAMOST-like observations** of the hold-out stars (:func:`make_observations`): the real
    prepared MILES spectrum (LAMOST resolution and grid) on the *full* LAMOST grid 3700-9100 A
    (ivar 0 outside MILES' coverage), multiplied by a smooth instrument-like response, Doppler
@@ -39,6 +40,7 @@ import xarray as xr
 
 from ._version import __version__
 from .cube import label_names, log_lambda_grid, make_spectra, open_spectra, write_spectra
+from .emulator_recipe import DEFAULT_RECIPE, TrainRecipe
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +51,6 @@ HOLDOUT_TEFF_K = (3500.0, 8000.0)
 DEMO_SNR = (30.0, 100.0)
 #: half-width of the uniform random heliocentric rv of the simulated observations, km/s.
 DEMO_RV_KMS = 150.0
-#: label range of the demo emulator (MILES stars outside are not used for training).
-TRAIN_TEFF_K = (3000.0, 12000.0)
 C_KMS = 299792.458
 
 #: paper (Wang & Luo, vs APOGEE DR14, S/N_g > 30) precision, for the summary table.
@@ -197,58 +197,53 @@ def miles_training_cube(*, progress: bool = True, n_workers: int | None = None) 
 class DemoSettings:
     """Demo knobs (defaults are the documented demo)."""
 
-    hidden: int | None = None  # None: the emulator's default
-    folds: int | None = 3  # K-fold CV for the emulator error (3 keeps the demo under 10 min on 2 cores)
-    epochs: int | None = 300
-    patience: int | None = 50
-    seed: int = 0
+    #: the training recipe: ``gsn-dask train``'s defaults (its ``seed`` is replaced by :attr:`seed`)
+    recipe: TrainRecipe = DEFAULT_RECIPE
+    seed: int = 0  # seed of the training, the simulated observations and the fit
     n_workers: int | None = None
     progress: bool = True
-    max_holdout: int | None = None  # for tests: use only the first N hold-out stars
+    max_holdout: int | None = None  # fit only the first N hold-out stars (a quicker run)
     fit_overrides: dict[str, Any] = field(default_factory=dict)
 
-    def train_kwargs(self) -> dict[str, Any]:
-        kw: dict[str, Any] = {"seed": self.seed, "label_ranges": {"teff": TRAIN_TEFF_K}}
-        for k in ("hidden", "folds", "epochs", "patience"):
-            if getattr(self, k) is not None:
-                kw[k] = getattr(self, k)
-        return kw
+    def train_recipe(self) -> TrainRecipe:
+        """The recipe the demo trains with."""
+        return self.recipe.replace(seed=self.seed)
 
 
-def _model(train: xr.Dataset, out_dir: Path, settings: DemoSettings) -> Path:
-    """Train the GSN on the training stars, or reuse a cached model with the same inputs."""
+def _model(train: xr.Dataset, settings: DemoSettings) -> Path:
+    """Train the GSN and calibrate its label systematics on the training stars, as ``gsn-dask
+    train`` does (:func:`gsn_dask.calibration.train_and_calibrate`), or reuse a cached model with
+    the same inputs and recipe. Returns the cached model directory."""
     from .emulator import load_model
 
-    kw = settings.train_kwargs()
-    key = _train_key(train, {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in kw.items()},
-                             "version": __version__, "label_systematics": 2})
+    recipe = settings.train_recipe()
+    key = _train_key(train, {"recipe": recipe.to_json(), "version": __version__})
     cached = _cache_root() / "models" / key
-    dest = out_dir / "model"
     if (cached / "model.json").exists():
         try:
             load_model(cached)
-            _say(f"GSN: reusing cached model {cached} (same training stars and settings)")
-        except Exception:  # noqa: BLE001
+            _say(f"GSN: reusing cached model {cached} (same training stars and recipe)")
+            return cached
+        except Exception:  # noqa: BLE001 - damaged cache: retrain
             shutil.rmtree(cached, ignore_errors=True)
-    if not (cached / "model.json").exists():
-        from .emulator_torch import diagnostics_figure, train_gsn
+    from .calibration import train_and_calibrate
+    from .emulator_data import diagnostics_figure
 
-        _say(f"GSN: training on {train.sizes['star']} MILES stars (K-fold CV for the emulator error)")
-        t0 = time.perf_counter()
-        model, report = train_gsn(train, progress=settings.progress, **kw)
-        tmp = cached.with_name(cached.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save(tmp)
-        try:
-            diagnostics_figure(report, tmp / "diagnostics.png")
-        except Exception as exc:  # noqa: BLE001 - a figure must not stop the demo
-            log.warning("diagnostics figure failed: %s", exc)
-        shutil.rmtree(cached, ignore_errors=True)
-        tmp.rename(cached)
-        _say(f"  trained in {time.perf_counter() - t0:.0f} s")
-    shutil.rmtree(dest, ignore_errors=True)
-    shutil.copytree(cached, dest)
-    return dest
+    _say(f"GSN: training on {train.sizes['star']} MILES stars ({recipe.folds}-fold CV for the emulator error), "
+         "then the label systematics")
+    t0 = time.perf_counter()
+    model, report = train_and_calibrate(train, recipe, progress=settings.progress)
+    tmp = cached.with_name(cached.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save(tmp)
+    try:
+        diagnostics_figure(report, tmp / "diagnostics.png")
+    except Exception as exc:  # noqa: BLE001 - a figure must not stop the demo
+        log.warning("diagnostics figure failed: %s", exc)
+    shutil.rmtree(cached, ignore_errors=True)
+    tmp.rename(cached)
+    _say(f"  trained and calibrated in {time.perf_counter() - t0:.0f} s")
+    return cached
 
 
 def _summary_rows(stats: Any, labels: Sequence[str], title: str) -> list[str]:
@@ -302,7 +297,9 @@ def run_demo(
     summary["holdout_stars"] = hold_stars
 
     # 3. GSN
-    model_dir = _model(train, out, settings)
+    model_dir = out / "model"
+    shutil.rmtree(model_dir, ignore_errors=True)
+    shutil.copytree(_model(train, settings), model_dir)
     summary["model"] = str(model_dir)
 
     # 4. LAMOST-like observations
