@@ -138,7 +138,7 @@ class DenseLayer(nn.Module):
 class GSNNet(nn.Module):
     """The GSN's one torch forward pass: labels (scaled) -> hidden layers -> linear output (one
     value per wavelength pixel). Training, :func:`predict_torch` and the batched fit
-    (:mod:`gsn_dask.fit.torch.emulator`) all run it; it computes what the numpy
+    (the torch emulator of the fit layer) all run it; it computes what the numpy
     :meth:`GSN.predict` computes, in the same order (``x @ W + b``, the numpy activations)."""
 
     def __init__(
