@@ -76,7 +76,7 @@ def fit_chunks(cube: Path, model, config, seed: int, n_star: int, chunk_size: in
     store, no engine). Returns the per-chunk results and, given ``t0`` (``time.perf_counter()``),
     the seconds from ``t0`` to the first chunk fitted."""
     from gsn_dask.fit.block import fit_block
-    from gsn_dask.pipeline import read_block
+    from gsn_dask.cube import read_block
     from gsn_dask.results_store import chunk_bounds
 
     rows, first = [], None
