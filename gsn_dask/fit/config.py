@@ -33,9 +33,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
+
+from .geometry import C_KMS, MIN_COARSE_SHIFTS, MIN_USED_PIXELS, coarse_shifts, log10_step, used_pixels
 
 MOVES = ("laplace-de", "de", "stretch")
 SAMPLERS = ("emcee", "batched")
@@ -77,6 +82,9 @@ class FitConfig:
     edge_fraction: float = 0.01  # PRIOR_EDGE / RV_EDGE if the median is this close (fraction of range)
     # ---- runtime
     blas_threads: int | None = 1  # BLAS threads while fitting (None = leave as is)
+    # ---- batched sampler (sampler="batched"; the results do not depend on them)
+    device: str | None = None  # torch device: "cpu", "cuda", "cuda:N"; None = CUDA if available
+    batch_size: int | None = None  # stars sampled together; None = from the free memory
 
     def __post_init__(self) -> None:
         self.rv_bounds_kms = (float(self.rv_bounds_kms[0]), float(self.rv_bounds_kms[1]))
@@ -122,6 +130,11 @@ class FitConfig:
             raise bad(f"label_systematics must be true or false, got {self.label_systematics!r}")
         if self.blas_threads is not None and self.blas_threads < 1:
             raise bad("blas_threads must be None or >= 1")
+        if self.device is not None and not re.fullmatch(r"cpu|cuda(:[0-9]+)?", str(self.device)):
+            raise bad(f"device must be None, 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        bs = self.batch_size
+        if bs is not None and (not isinstance(bs, int) or isinstance(bs, bool) or bs < 1):
+            raise bad(f"batch_size must be None or an int >= 1, got {bs!r}")
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -157,8 +170,9 @@ class FitConfig:
 
 def check_config(config: FitConfig, model: Any, sampler: str = "emcee") -> None:
     """Raise :class:`ConfigError` (one line) if ``config`` cannot be used with ``model`` and
-    ``sampler``: walkers for the model's dimensions, priors on labels the model lacks, an unknown
-    sampler. The runners call it once, before any star is fitted."""
+    ``sampler``: walkers for the model's dimensions, priors on labels the model lacks, rv bounds
+    that leave too few pixels of the model grid, an unknown sampler, and for ``batched`` torch
+    and the device. The runners call it once, before any star is fitted."""
     if sampler not in SAMPLERS:
         raise ConfigError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
     config.validate()
@@ -170,6 +184,34 @@ def check_config(config: FitConfig, model: Any, sampler: str = "emcee") -> None:
     unknown = sorted(set(config.priors) - set(labels))
     if unknown:
         raise ConfigError(f"FitConfig: priors for unknown labels {unknown}; the model's labels are {labels}")
+    _check_rv_bounds(config, np.asarray(model.wavelength, dtype=np.float64))
+    if sampler == "batched":
+        _check_torch(config)
+
+
+def _check_rv_bounds(config: FitConfig, wave: np.ndarray) -> None:
+    """The rv bounds must leave pixels to fit and span the coarse rv search (both samplers)."""
+    rv = list(config.rv_bounds_kms)
+    step = log10_step(wave)
+    lo, hi = used_pixels(wave.size, step, config.rv_bounds_kms)
+    if hi - lo < MIN_USED_PIXELS:
+        raise ConfigError(f"FitConfig: rv_bounds_kms={rv} leave {max(hi - lo, 0)} pixels of the model's {wave.size} "
+                          f"(at least {MIN_USED_PIXELS} needed); narrow the rv bounds")
+    n_shift = coarse_shifts(wave.size, lo, hi, step, config.rv_bounds_kms).size
+    if n_shift < MIN_COARSE_SHIFTS:
+        pix_kms = C_KMS * (10.0**step - 1.0)
+        raise ConfigError(f"FitConfig: rv_bounds_kms={rv} cover {n_shift} whole-pixel shifts of the model grid (a pixel "
+                          f"is {pix_kms:.1f} km/s); the coarse rv search needs {MIN_COARSE_SHIFTS}: widen the rv bounds")
+
+
+def _check_torch(config: FitConfig) -> None:
+    """torch importable, and the requested CUDA device present."""
+    try:
+        import torch
+    except ImportError as exc:
+        raise ConfigError(f"sampler 'batched' needs torch ({exc}); install gsn-dask[torch] or use sampler 'emcee'") from exc
+    if config.device is not None and config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"FitConfig: device={config.device!r} but torch sees no CUDA device; use device 'cpu'")
 
 
 __all__ = ["ConfigError", "FitConfig", "MOVES", "SAMPLERS", "check_config"]

@@ -13,6 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from . import rules
+from .result import FitResult
+
 
 def autocorr_time(chain: np.ndarray, c: float = 5.0) -> np.ndarray:
     """Integrated autocorrelation time (n_dim,) in steps of a chain (n_steps, n_walkers, n_dim).
@@ -47,8 +50,7 @@ def effective_sample_size(chain: np.ndarray, tau: np.ndarray | None = None) -> n
 
 def converged(n_steps: int, tau: np.ndarray, tau_factor: float = 50.0) -> bool:
     """True if the chain is at least ``tau_factor`` autocorrelation times long for every parameter."""
-    tau = np.asarray(tau, dtype=np.float64)
-    return bool(np.all(np.isfinite(tau)) and n_steps >= tau_factor * float(np.max(tau)))
+    return bool(rules.converged(n_steps, float(np.max(np.asarray(tau, dtype=np.float64))), tau_factor))
 
 
 def summarise(chain: np.ndarray, acceptance: np.ndarray | float | None = None, *, tau_factor: float = 50.0) -> dict[str, Any]:
@@ -66,14 +68,14 @@ def summarise(chain: np.ndarray, acceptance: np.ndarray | float | None = None, *
 
 
 def to_inference_data(
-    result: Mapping[str, Any] | np.ndarray,
+    result: FitResult | np.ndarray,
     param_names: Sequence[str] | None = None,
     *,
     log_prob: np.ndarray | None = None,
     attrs: Mapping[str, Any] | None = None,
-):
+) -> Any:
     """An ``arviz.InferenceData`` from a chain (n_steps, n_walkers, n_dim) or from a
-    :func:`~gsn_dask.fit.sampler.fit_spectrum` result.
+    :class:`~gsn_dask.fit.result.FitResult`.
 
     From a result: its ``chain`` (present with ``return_chain=True``; walkers become ArviZ
     chains), else its ``samples`` (n_draws, n_label) as a single chain. ``param_names`` default to
@@ -81,20 +83,19 @@ def to_inference_data(
     import arviz as az
 
     extra: dict[str, Any] = {}
-    if isinstance(result, Mapping):
-        names = list(param_names or result.get("param_names") or [])
-        if result.get("chain") is not None:
-            chain = np.asarray(result["chain"])
-            lp = result.get("log_prob_chain") if log_prob is None else log_prob
-        elif result.get("samples") is not None:
-            chain = np.asarray(result["samples"])[:, None, :]
+    if isinstance(result, FitResult):
+        names = list(param_names or result.param_names or [])
+        if result.chain is not None:
+            chain = np.asarray(result.chain)
+            lp = result.log_prob_chain if log_prob is None else log_prob
+        elif result.samples is not None:
+            chain = np.asarray(result.samples)[:, None, :]
             lp = None
             names = names[: chain.shape[2]]
         else:
-            raise ValueError("the result has neither 'chain' (fit with return_chain=True) nor 'samples' (n_draws > 0)")
+            raise ValueError("the result has neither a chain (fit with return_chain=True) nor samples (n_draws > 0)")
         for key in ("seed", "status", "flag", "tau_max", "n_eff_min", "acceptance", "chi2_reduced"):
-            if key in result and np.isscalar(result[key]):
-                extra[key] = result[key].item() if hasattr(result[key], "item") else result[key]
+            extra[key] = getattr(result, key)
     else:
         chain = np.asarray(result)
         lp = log_prob

@@ -55,13 +55,9 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.polynomial import chebyshev as _cheb
 
+from ..grid.prepare import telluric_mask
 from .config import FitConfig
-
-#: Speed of light, km/s.
-C_KMS = 299792.458
-
-#: Fallback telluric bands (vacuum Angstrom), used only if gsn_dask.grid.prepare is missing.
-_FALLBACK_TELLURIC_AA: tuple[tuple[float, float], ...] = ((6865.0, 6935.0), (7150.0, 7350.0), (7590.0, 7700.0))
+from .geometry import C_KMS, MIN_USED_PIXELS, log10_step, rv_to_pixels, used_pixels
 
 
 class EmulatorLike(Protocol):  # what the posterior needs from a GSN
@@ -73,27 +69,18 @@ class EmulatorLike(Protocol):  # what the posterior needs from a GSN
     def predict(self, labels: np.ndarray) -> np.ndarray: ...
 
 
-def telluric_mask(wavelength: np.ndarray) -> np.ndarray:
-    """True in telluric bands (``gsn_dask.grid.prepare.telluric_mask``; fallback bands if missing)."""
-    try:
-        from ..grid.prepare import telluric_mask as _tm  # type: ignore[attr-defined]
-    except ImportError:
-        w = np.asarray(wavelength, dtype=np.float64)
-        out = np.zeros(w.shape, dtype=bool)
-        for lo, hi in _FALLBACK_TELLURIC_AA:
-            out |= (w >= lo) & (w <= hi)
-        return out
-    return np.asarray(_tm(np.asarray(wavelength, dtype=np.float64)), dtype=bool)
-
-
-def log10_step(wavelength: np.ndarray) -> float:
-    """Median log10 pixel step of a log-linear grid."""
-    return float(np.median(np.diff(np.log10(np.asarray(wavelength, dtype=np.float64)))))
-
-
-def rv_to_pixels(rv_kms: np.ndarray | float, step: float) -> np.ndarray:
-    """Doppler shift in pixels of a log10 grid with step ``step``: log10(1 + v/c) / step."""
-    return np.log10(1.0 + np.asarray(rv_kms, dtype=np.float64) / C_KMS) / step
+def pixel_weights(model: EmulatorLike, flux: np.ndarray, ivar: np.ndarray,
+                  config: FitConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(good (S, n_pix) bool, w (S, n_pix) float64) of spectra (S, n_pix) on the model grid: usable
+    pixels (finite, ivar > 0, outside telluric bands if masked) and the likelihood weights
+    ``w = 1 / (1/ivar + emulator_error^2)`` (0 elsewhere)."""
+    emu = np.asarray(model.emulator_error, dtype=np.float64).reshape(-1)
+    good = np.isfinite(flux) & np.isfinite(ivar) & (ivar > 0)
+    if config.mask_telluric:
+        good &= ~telluric_mask(np.asarray(model.wavelength, dtype=np.float64))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w = np.where(good, 1.0 / (1.0 / np.where(good, ivar, 1.0) + emu**2), 0.0)
+    return good, w
 
 
 def merged_priors(
@@ -146,21 +133,14 @@ class SpectrumPosterior:
 
         # ---- rv shift geometry: a fixed run of used pixels [lo, hi) for every rv in bounds
         self.step = log10_step(wave)
-        d_lo, d_hi = rv_to_pixels(np.array(config.rv_bounds_kms), self.step)
-        self.lo = int(max(0, np.floor(d_hi) + 1))
-        self.hi = int(min(n_pix, n_pix + np.floor(d_lo)))
-        if self.hi - self.lo < 10:
-            raise ValueError("the rv bounds leave fewer than 10 usable pixels on the model grid")
+        self.lo, self.hi = used_pixels(n_pix, self.step, config.rv_bounds_kms)
+        if self.hi - self.lo < MIN_USED_PIXELS:
+            raise ValueError(f"the rv bounds leave fewer than {MIN_USED_PIXELS} usable pixels on the model grid")
         sl = slice(self.lo, self.hi)
         self.wavelength_used = wave[sl]
 
         # ---- weights
-        emu = np.asarray(model.emulator_error, dtype=np.float64).reshape(-1)
-        good = np.isfinite(flux) & np.isfinite(ivar) & (ivar > 0)
-        if config.mask_telluric:
-            good &= ~telluric_mask(wave)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            w = np.where(good, 1.0 / (1.0 / np.where(good, ivar, 1.0) + emu**2), 0.0)
+        good, w = pixel_weights(model, flux, ivar, config)
         self.good = good[sl]
         self.w = w[sl]
         self.f = np.where(self.good, flux[sl], 0.0)
@@ -342,4 +322,5 @@ class SpectrumPosterior:
         }
 
 
-__all__ = ["C_KMS", "SpectrumPosterior", "log10_step", "merged_priors", "rv_to_pixels", "telluric_mask"]
+__all__ = ["C_KMS", "EmulatorLike", "SpectrumPosterior", "log10_step", "merged_priors", "pixel_weights",
+           "rv_to_pixels"]

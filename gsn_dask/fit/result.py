@@ -1,11 +1,12 @@
-"""Per-star result dicts shared by the emcee and batched samplers: the not-fitted row, input
-checks, the flag rules and the label-systematics widening of the intervals. Needs numpy only
-(no emcee, no torch), so both samplers import it."""
+"""One star's fit result (:class:`FitResult`), shared by every sampler strategy: the not-fitted
+row, the input checks, the flag rules and the label-systematics widening of the intervals. Needs
+numpy only (no emcee, no torch), so every strategy imports it."""
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -13,33 +14,95 @@ import numpy as np
 from ..flags import Flag
 from .config import FitConfig
 
-RESULT_KEYS = (
-    "median", "p16", "p84", "map", "rv", "rv_err", "chi2_reduced", "acceptance", "tau_max",
-    "n_eff_min", "flag", "status", "samples",
-)
+#: A usable pixel of a normalised spectrum (continuum ~1) with |flux| above this, or an inverse
+#: variance above IVAR_LIMIT (S/N > 1e8 per pixel), is not a spectrum the posterior can describe
+#: (its weights overflow the float32 emulator arithmetic): the star is refused as bad input.
+FLUX_LIMIT = 1e6
+IVAR_LIMIT = 1e16
 
 
-def empty_result(n_label: int, *, status: str, flag: int = int(Flag.NOT_FITTED), **extra: Any) -> dict[str, Any]:
-    """A result dict for a star that was not fitted (NaN numbers, ``status`` = reason)."""
-    nan = np.full(n_label, np.nan)
-    out: dict[str, Any] = {
-        "median": nan.copy(), "p16": nan.copy(), "p84": nan.copy(), "map": nan.copy(),
-        "rv": math.nan, "rv_err": math.nan, "chi2_reduced": math.nan, "acceptance": math.nan,
-        "tau_max": math.nan, "n_eff_min": math.nan, "flag": int(flag), "status": status, "samples": None,
-    }
-    out.update(extra)
-    return out
+def _nan_labels(n_label: int) -> np.ndarray:
+    return np.full(n_label, np.nan)
 
 
-def input_problem(flux: np.ndarray, ivar: np.ndarray, n_pix: int) -> str | None:
-    """Why a spectrum (flux, ivar on the model grid) cannot be fitted at all, or None."""
+@dataclass
+class FitResult:
+    """The result of one star: summaries in the model's label order (label units), rv (km/s),
+    diagnostics, the :class:`~gsn_dask.flags.Flag` bits and ``status`` ("ok" or the reason the
+    star was not fitted). A results row (``cube.empty_results``) holds the first thirteen fields;
+    the rest are per-star diagnostics (``chain`` and the MAP start only with ``return_chain``)."""
+
+    median: np.ndarray
+    p16: np.ndarray
+    p84: np.ndarray
+    map: np.ndarray
+    rv: float = math.nan
+    rv_err: float = math.nan
+    chi2_reduced: float = math.nan
+    acceptance: float = math.nan
+    tau_max: float = math.nan
+    n_eff_min: float = math.nan
+    flag: int = int(Flag.NOT_FITTED)
+    status: str = "not fitted"
+    samples: np.ndarray | None = None  # (n_draws, n_label) thinned posterior draws
+    snr: float = math.nan  # per-pixel S/N used for LOW_SNR
+    n_good: int = 0  # usable pixels
+    n_steps: int = 0  # production steps
+    seed: int = 0
+    rv_map: float = math.nan  # km/s
+    n_eval: int = 0  # emulator spectra evaluated
+    map_success: bool = False
+    tau: np.ndarray | None = None  # (ndim,) integrated autocorrelation times, steps
+    p16_stat: np.ndarray | None = None  # statistical-only interval (before the systematics)
+    p84_stat: np.ndarray | None = None
+    label_systematics: np.ndarray | None = None  # sigma folded into p16/p84
+    chain: np.ndarray | None = None  # (n_steps, n_walkers, ndim) with return_chain
+    log_prob_chain: np.ndarray | None = None  # (n_steps, n_walkers) (emcee path)
+    param_names: list[str] = field(default_factory=list)
+    map_start: Any = None  # the MAP start (:class:`.start.MapResult`) with return_chain
+
+    @classmethod
+    def not_fitted(cls, n_label: int, status: str, *, flag: int = int(Flag.NOT_FITTED), **extra: Any) -> FitResult:
+        """A star that was not fitted: NaN numbers, ``status`` = the reason."""
+        return cls(median=_nan_labels(n_label), p16=_nan_labels(n_label), p84=_nan_labels(n_label),
+                   map=_nan_labels(n_label), flag=int(flag), status=status, **extra)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def input_problem(flux: np.ndarray, ivar: np.ndarray, n_pix: int, *, normalised: bool = True) -> str | None:
+    """Why a spectrum (flux, ivar on the model grid) cannot be fitted at all, or None. A
+    ``normalised`` spectrum also has to stay within :data:`FLUX_LIMIT` on its usable pixels."""
     if flux.shape != (n_pix,) or ivar.shape != (n_pix,):
         return f"flux/ivar shape {flux.shape}/{ivar.shape} is not the model grid ({n_pix} px)"
     if not np.isfinite(flux).any():
         return "no finite flux (all NaN)"
-    if not (np.isfinite(ivar) & (ivar > 0)).any():
+    usable = np.isfinite(flux) & np.isfinite(ivar) & (ivar > 0)
+    if not usable.any():
         return "no pixel with ivar > 0"
+    if normalised:
+        big = float(np.max(np.abs(flux[usable])))
+        if big > FLUX_LIMIT:
+            return f"normalised flux out of range (max |flux| = {big:.3g} > {FLUX_LIMIT:.0e})"
+        big = float(np.max(ivar[usable]))
+        if big > IVAR_LIMIT:
+            return f"normalised ivar out of range (max ivar = {big:.3g} > {IVAR_LIMIT:.0e}, S/N > 1e8 per pixel)"
     return None
+
+
+def few_pixels(n_label: int, n_good: int, snr: float, config: FitConfig, **extra: Any) -> FitResult | None:
+    """The NOT_FITTED + FEW_PIXELS result of a star with fewer than ``min_good_pixels`` usable
+    pixels (LOW_SNR too when ``snr`` is low), or None when it has enough."""
+    if n_good >= config.min_good_pixels:
+        return None
+    flag = Flag.NOT_FITTED | Flag.FEW_PIXELS
+    if np.isfinite(snr) and snr < config.snr_low:
+        flag |= Flag.LOW_SNR
+    return FitResult.not_fitted(
+        n_label, f"few good pixels: {n_good} < min_good_pixels={config.min_good_pixels}",
+        flag=int(flag), snr=float(snr), n_good=int(n_good), **extra)
 
 
 def result_flags(post: Any, med: np.ndarray, rv: float, chi2r: float, snr: float, conv: bool, cfg: FitConfig) -> int:
@@ -131,8 +194,10 @@ def systematics_from_record(rec: Mapping[str, Any] | str | None, label_names: Se
     return LabelSystematics(names, out)
 
 
-def widen_intervals(res: dict[str, Any], sigma_sys: np.ndarray | LabelSystematics | None) -> dict[str, Any]:
-    """Fold a per-label systematic uncertainty into a fitted star's summaries (in place).
+def widen_intervals(res: FitResult | MutableMapping[str, Any],
+                    sigma_sys: np.ndarray | LabelSystematics | None) -> FitResult | MutableMapping[str, Any]:
+    """Fold a per-label systematic uncertainty into a fitted star's summaries (in place; ``res``
+    a :class:`FitResult` or a mapping with its field names).
 
     The reported label is the emulator's label plus an independent N(0, sigma_sys^2) offset
     (the label-scale error learned in cross-validation), i.e. the posterior convolved with that
@@ -141,24 +206,29 @@ def widen_intervals(res: dict[str, Any], sigma_sys: np.ndarray | LabelSystematic
     ``p84 = median + hypot(p84 - median, sigma)`` (exact for a Gaussian posterior), and the
     posterior draws get deterministic offsets ``sigma * Phi^-1((k + 1/2) / n)`` in a fixed
     scrambled order (no random stream, so both samplers and every engine agree).
-    ``res["p16_stat"]``/``res["p84_stat"]`` keep the statistical-only interval."""
-    if sigma_sys is None or res.get("status") != "ok":
+    ``p16_stat``/``p84_stat`` keep the statistical-only interval."""
+    d = res.__dict__ if isinstance(res, FitResult) else res
+    if sigma_sys is None or d.get("status") != "ok":
         return res
     if isinstance(sigma_sys, LabelSystematics):
-        sigma_sys = sigma_sys.at(res["median"])
+        sigma_sys = sigma_sys.at(d["median"])
     sig = np.asarray(sigma_sys, dtype=np.float64)
-    med = np.asarray(res["median"], dtype=np.float64)
-    lo, hi = np.asarray(res["p16"], dtype=np.float64), np.asarray(res["p84"], dtype=np.float64)
-    res["p16_stat"], res["p84_stat"] = lo.copy(), hi.copy()
-    res["p16"] = med - np.hypot(med - lo, sig)
-    res["p84"] = med + np.hypot(hi - med, sig)
-    draws = res.get("samples")
+    med = np.asarray(d["median"], dtype=np.float64)
+    lo, hi = np.asarray(d["p16"], dtype=np.float64), np.asarray(d["p84"], dtype=np.float64)
+    d["p16_stat"], d["p84_stat"] = lo.copy(), hi.copy()
+    d["p16"] = med - np.hypot(med - lo, sig)
+    d["p84"] = med + np.hypot(hi - med, sig)
+    draws = d.get("samples")
     if draws is not None and len(draws):
         n = draws.shape[0]
         from statistics import NormalDist
 
         q = np.array([NormalDist().inv_cdf((k + 0.5) / n) for k in range(n)])
         order = np.argsort(np.sin(np.arange(1, n + 1)[:, None] * (12.9898 + 78.233 * np.arange(draws.shape[1]))), axis=0)
-        res["samples"] = draws + q[order] * sig
-    res["label_systematics"] = sig.copy()
+        d["samples"] = draws + q[order] * sig
+    d["label_systematics"] = sig.copy()
     return res
+
+
+__all__ = ["FLUX_LIMIT", "IVAR_LIMIT", "FitResult", "LabelSystematics", "few_pixels", "input_problem", "model_label_systematics",
+           "result_flags", "systematics_from_record", "widen_intervals"]

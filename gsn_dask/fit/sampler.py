@@ -1,4 +1,5 @@
-"""Sample one spectrum's posterior with emcee: :func:`fit_spectrum`.
+"""The emcee strategy: :func:`fit_many` (what :func:`.block.fit_block` calls with
+``sampler="emcee"``) fits each star with :func:`fit_spectrum`, one emcee ensemble per star.
 
 Steps (see :mod:`.posterior` for the math and :mod:`.start` for the MAP):
 
@@ -12,33 +13,34 @@ Steps (see :mod:`.posterior` for the math and :mod:`.start` for the MAP):
 5. summaries, diagnostics and flags; the model's per-label systematics (if any) are folded into
    p16/p84 (:func:`.result.widen_intervals`).
 
-Randomness: emcee's moves draw from a ``RandomState`` seeded with ``seed`` (``seeds.random_state``),
-the walker start from ``seeds.generator(seed, 1)``; the same seed gives bitwise-identical
+Randomness: emcee's moves draw from a ``RandomState`` seeded with ``seed`` (``seeds.random_state``,
+handed to emcee as the ``random_state`` of the start ``State``), the walker start from
+``seeds.generator(seed, 1)``; the same seed gives bitwise-identical
 results on the same machine and BLAS thread count (``config.blas_threads``).
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import emcee
 import numpy as np
+from emcee import moves as em
 
-from ..flags import Flag
-from .config import FitConfig
+from .config import FitConfig, check_config
 from .diagnostics import autocorr_time
 from .posterior import SpectrumPosterior
-from .result import RESULT_KEYS, empty_result, input_problem, model_label_systematics, result_flags, widen_intervals
+from .result import FitResult, few_pixels, input_problem, model_label_systematics, result_flags, widen_intervals
+from .rules import (INTERIOR_FRAC, MOVE_MIXTURES, MOVE_PARAMS, WALKER_REDRAWS, burn_kept, converged,
+                    extra_steps)
 from .seeds import generator, random_state
-from .start import find_map
+from .start import MapResult, find_map
 from .threads import blas_threads
 
 
 # ------------------------------------------------------------------ moves
-from emcee.moves import MHMove  # noqa: E402  (emcee is a hard dependency of the fit)
-
-
-class LaplaceMove(MHMove):
+class LaplaceMove(em.MHMove):
     """Independence Metropolis-Hastings proposal from a multivariate Student-t
     (``df`` degrees of freedom, location ``mean``, scale ``scale**2 * cov``), for emcee.
 
@@ -68,49 +70,46 @@ class LaplaceMove(MHMove):
 
 
 def make_moves(kind: str, mean: np.ndarray | None = None, cov: np.ndarray | None = None) -> list:
-    """emcee moves for ``config.moves``: "stretch", "de" (0.8 DE + 0.2 snooker) or "laplace-de"
-    (0.8 Laplace independence + 0.16 DE + 0.04 snooker)."""
-    from emcee import moves as em
+    """emcee moves (move, weight) of ``config.moves`` (:data:`.rules.MOVE_MIXTURES`): "stretch",
+    "de" (0.8 DE + 0.2 snooker) or "laplace-de" (0.8 Laplace independence + 0.16 DE + 0.04
+    snooker), with the parameters of :data:`.rules.MOVE_PARAMS`."""
+    if kind not in MOVE_MIXTURES:
+        raise ValueError(f"unknown moves {kind!r}")
+    p = MOVE_PARAMS
+    out: list = []
+    for name, weight in MOVE_MIXTURES[kind]:
+        if name == "stretch":
+            out.append((em.StretchMove(a=p.stretch_a), weight))
+        elif name == "de":
+            out.append((em.DEMove(sigma=p.de_sigma), weight))
+        elif name == "snooker":
+            out.append((em.DESnookerMove(gammas=p.snooker_gamma), weight))
+        else:
+            if mean is None or cov is None:
+                raise ValueError("laplace-de moves need the MAP and its covariance")
+            out.append((LaplaceMove(mean, cov, df=p.laplace_df, scale=p.laplace_scale), weight))
+    return out
 
-    if kind == "stretch":
-        return [(em.StretchMove(), 1.0)]
-    if kind == "de":
-        return [(em.DEMove(), 0.8), (em.DESnookerMove(), 0.2)]
-    if kind == "laplace-de":
-        if mean is None or cov is None:
-            raise ValueError("laplace-de moves need the MAP and its covariance")
-        return [(LaplaceMove(mean, cov), 0.8), (em.DEMove(), 0.16), (em.DESnookerMove(), 0.04)]
-    raise ValueError(f"unknown moves {kind!r}")
 
-
-# ------------------------------------------------------------------ results
-def _draw_walkers(post: SpectrumPosterior, mean: np.ndarray, cov: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """n walkers from N(mean, cov) inside the bounds (resampled, then clipped to the interior)."""
+def draw_walkers(post: SpectrumPosterior, mean: np.ndarray, cov: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n walkers from N(mean, cov) inside the bounds: up to :data:`.rules.WALKER_REDRAWS`
+    redraws of the walkers outside, then clipped :data:`.rules.INTERIOR_FRAC` inside (the rule
+    of the batched path's ``init_walkers``, which draws from the star's Philox stream)."""
     lo, hi = post.lower, post.upper
     span = hi - lo
     L = np.linalg.cholesky(cov)
     out = mean + rng.standard_normal((n, mean.size)) @ L.T
-    for _ in range(20):
+    for _ in range(WALKER_REDRAWS):
         bad = ~post.in_bounds(out)
         if not bad.any():
             break
         out[bad] = mean + rng.standard_normal((int(bad.sum()), mean.size)) @ L.T
-    return np.clip(out, lo + 1e-6 * span, hi - 1e-6 * span)
+    return np.clip(out, lo + INTERIOR_FRAC * span, hi - INTERIOR_FRAC * span)
 
 
-def check_config(cfg: FitConfig, model) -> None:
-    """Raise ValueError if ``cfg`` cannot be used with ``model`` (walkers, prior label names)."""
-    ndim = len(model.label_names) + 1
-    if cfg.n_walkers < 2 * ndim:
-        raise ValueError(f"FitConfig: n_walkers={cfg.n_walkers} must be >= 2 * n_dim = {2 * ndim} for this model")
-    unknown = sorted(set(cfg.priors) - set(model.label_names))
-    if unknown:
-        raise ValueError(f"FitConfig: priors for unknown labels {unknown}; the model's labels are {list(model.label_names)}")
-
-
-# ------------------------------------------------------------------ main entry
+# ------------------------------------------------------------------ one star
 def fit_spectrum(
-    model,
+    model: Any,
     flux: np.ndarray,
     ivar: np.ndarray,
     *,
@@ -119,97 +118,98 @@ def fit_spectrum(
     snr: float = math.nan,
     priors: Mapping[str, tuple[float, float]] | None = None,
     return_chain: bool = False,
-) -> dict[str, Any]:
+) -> FitResult:
     """Posterior of the labels (and rv) of one normalised spectrum on ``model.wavelength``.
 
     Parameters: ``flux``/``ivar`` (n_pix,) normalised; ``seed`` the star's seed
     (:func:`.seeds.star_seed`); ``snr`` per-pixel S/N for the LOW_SNR flag (NaN: the median of
     |flux| sqrt(ivar) over the used pixels); ``priors`` per-star Gaussian priors
-    {label: (mu, sigma)} overriding ``config.priors``; ``return_chain`` adds ``chain``
-    (n_steps, n_walkers, n_label+1), ``log_prob_chain``, ``param_names`` and ``map_result``.
+    {label: (mu, sigma)} overriding ``config.priors``; ``return_chain`` fills ``chain``
+    (n_steps, n_walkers, n_label+1), ``log_prob_chain``, ``param_names``, ``tau`` and
+    ``map_start`` of the result.
 
-    Returns a dict: ``median``, ``p16``, ``p84``, ``map`` (n_label,) arrays in
+    Returns a :class:`.result.FitResult`: ``median``, ``p16``, ``p84``, ``map`` in
     ``model.label_names`` order; ``rv``, ``rv_err`` (km/s, posterior median and half the 16-84%
     range); ``chi2_reduced`` (at the MAP, full variance, good pixels); ``acceptance``;
-    ``tau_max`` (steps); ``n_eff_min`` (over labels and rv); ``flag`` (int, :class:`Flag`);
-    ``status`` ("ok" or why not fitted); ``samples`` ((n_draws, n_label) or None); plus
-    ``snr``, ``n_good``, ``n_steps``, ``seed``. Never raises for bad data (only for a bad config).
+    ``tau_max`` (steps); ``n_eff_min`` (over labels and rv); ``flag``; ``status`` ("ok" or why
+    not fitted); ``samples`` ((n_draws, n_label) or None). Never raises for bad data, only for a
+    config that does not fit the model (:class:`.config.ConfigError`).
 
     BLAS is limited to ``config.blas_threads`` threads meanwhile (default 1: the matrices are
     small, extra threads only spin; parallelism comes from fitting stars in parallel).
     """
     cfg = config or FitConfig()
-    check_config(cfg, model)
+    check_config(cfg, model, "emcee")  # a bad config raises (ConfigError), a bad spectrum does not
     try:
         with blas_threads(cfg.blas_threads):
             return _fit_spectrum(model, flux, ivar, cfg=cfg, seed=seed, snr=snr, priors=priors, return_chain=return_chain)
     except Exception as exc:  # noqa: BLE001 - a bad spectrum must not stop a run
-        return empty_result(len(model.label_names), status=f"error: {type(exc).__name__}: {exc}", snr=float(snr),
-                            n_good=0, seed=int(seed))
+        return FitResult.not_fitted(len(model.label_names), f"error: {type(exc).__name__}: {exc}", snr=float(snr),
+                                    seed=int(seed))
 
 
-def _fit_spectrum(model, flux, ivar, *, cfg: FitConfig, seed: int, snr: float, priors, return_chain: bool) -> dict[str, Any]:
-    import emcee
-
+def _fit_spectrum(model: Any, flux: np.ndarray, ivar: np.ndarray, *, cfg: FitConfig, seed: int, snr: float,
+                  priors: Mapping[str, tuple[float, float]] | None, return_chain: bool) -> FitResult:
     flux = np.asarray(flux, dtype=np.float64).reshape(-1)
     ivar = np.asarray(ivar, dtype=np.float64).reshape(-1)
     L = len(model.label_names)
-    n_pix = int(np.asarray(model.wavelength).size)
-    problem = input_problem(flux, ivar, n_pix)
+    problem = input_problem(flux, ivar, int(np.asarray(model.wavelength).size))
     if problem is not None:
-        return empty_result(L, status=f"bad input: {problem}", snr=float(snr), n_good=0, seed=int(seed))
+        return FitResult.not_fitted(L, f"bad input: {problem}", snr=float(snr), seed=int(seed))
     post = SpectrumPosterior(model, flux, ivar, cfg, priors=priors)
     snr_used = float(snr) if np.isfinite(snr) else post.snr_median
-    if post.n_good < cfg.min_good_pixels:
-        flag = Flag.NOT_FITTED | Flag.FEW_PIXELS
-        if np.isfinite(snr_used) and snr_used < cfg.snr_low:
-            flag |= Flag.LOW_SNR
-        return empty_result(
-            L, flag=int(flag), status=f"few good pixels: {post.n_good} < min_good_pixels={cfg.min_good_pixels}",
-            snr=snr_used, n_good=post.n_good, seed=int(seed),
-        )
-
-    # ---- MAP + Laplace covariance
+    few = few_pixels(L, post.n_good, snr_used, cfg, seed=int(seed))
+    if few is not None:
+        return few
     mres = find_map(post, n_coarse=cfg.n_coarse, n_starts=cfg.n_starts)
-    rng = generator(seed, 1)
-    p0 = _draw_walkers(post, mres.theta, mres.cov, cfg.n_walkers, rng)
+    sampler, n_prod, tau = _sample(post, mres, cfg, seed)
+    res = _summarise(post, mres, sampler, n_prod, tau, cfg, snr_used)
+    res.seed = int(seed)
+    widen_intervals(res, model_label_systematics(model, cfg))
+    if return_chain:
+        res.chain, res.log_prob_chain = sampler.get_chain(), sampler.get_log_prob()
+        res.param_names, res.map_start, res.tau = list(post.param_names), mres, tau
+    return res
 
-    # ---- burn-in
-    rs = random_state(seed)
+
+def _sample(post: SpectrumPosterior, mres: MapResult, cfg: FitConfig,
+            seed: int) -> tuple[emcee.EnsembleSampler, int, np.ndarray]:
+    """Burn-in from the Laplace approximation, the proposal re-fitted to the burn-in, then
+    production extended by :func:`.rules.extra_steps`. Returns (sampler, production steps, tau)."""
+    p0 = draw_walkers(post, mres.theta, mres.cov, cfg.n_walkers, generator(seed, 1))
+    state = emcee.State(p0, random_state=random_state(seed).get_state())
     ndim = post.ndim
-    burn = emcee.EnsembleSampler(cfg.n_walkers, ndim, post.log_prob, vectorize=True,
-                                 moves=make_moves(cfg.moves, mres.theta, mres.cov))
-    burn._random = rs
-    state = burn.run_mcmc(p0, cfg.n_burn, progress=False) if cfg.n_burn > 0 else emcee.State(p0)
     mean, cov = mres.theta, mres.cov
-    if cfg.n_burn >= 20:
-        half = burn.get_chain(discard=min(10, cfg.n_burn // 2), flat=True)
-        c = np.cov(half, rowvar=False)
-        try:
-            np.linalg.cholesky(c)
-            mean, cov = np.mean(half, axis=0), c
-        except np.linalg.LinAlgError:
-            pass
-
-    # ---- production, extended until tau_factor * tau (or max_steps)
+    if cfg.n_burn > 0:
+        burn = emcee.EnsembleSampler(cfg.n_walkers, ndim, post.log_prob, vectorize=True,
+                                     moves=make_moves(cfg.moves, mean, cov))
+        state = burn.run_mcmc(state, cfg.n_burn, progress=False)
+        kept = burn_kept(cfg.n_burn)
+        if kept:
+            half = burn.get_chain(discard=cfg.n_burn - kept, flat=True)
+            c = np.cov(half, rowvar=False)
+            try:
+                np.linalg.cholesky(c)
+                mean, cov = np.mean(half, axis=0), c
+            except np.linalg.LinAlgError:
+                pass
     sampler = emcee.EnsembleSampler(cfg.n_walkers, ndim, post.log_prob, vectorize=True,
                                     moves=make_moves(cfg.moves, mean, cov))
-    sampler._random = rs
     state = sampler.run_mcmc(state, cfg.n_steps, progress=False)
     n_prod = cfg.n_steps
     tau = autocorr_time(sampler.get_chain())
-    max_steps = max(cfg.max_steps, cfg.n_steps)
-    while n_prod < cfg.tau_factor * float(np.max(tau)) and n_prod < max_steps:
-        want = int(math.ceil(1.1 * cfg.tau_factor * float(np.max(tau)))) - n_prod
-        extra = int(min(max(want, 20), max_steps - n_prod))
+    while (extra := int(extra_steps(n_prod, float(np.max(tau)), cfg))) > 0:
         state = sampler.run_mcmc(state, extra, progress=False)
         n_prod += extra
         tau = autocorr_time(sampler.get_chain())
-    conv = bool(n_prod >= cfg.tau_factor * float(np.max(tau)))
+    return sampler, n_prod, tau
 
-    # ---- summaries
-    chain = sampler.get_chain(thin=cfg.thin)
-    flat = chain.reshape(-1, ndim)
+
+def _summarise(post: SpectrumPosterior, mres: MapResult, sampler: emcee.EnsembleSampler, n_prod: int,
+               tau: np.ndarray, cfg: FitConfig, snr_used: float) -> FitResult:
+    """Percentiles of the thinned production, the best point seen, diagnostics and flags."""
+    L = post.n_label
+    flat = sampler.get_chain(thin=cfg.thin).reshape(-1, post.ndim)  # thin <= n_steps (FitConfig)
     q16, q50, q84 = np.percentile(flat, [16.0, 50.0, 84.0], axis=0)
     lp_chain = sampler.get_log_prob()
     k = np.unravel_index(np.argmax(lp_chain), lp_chain.shape)
@@ -217,43 +217,34 @@ def _fit_spectrum(model, flux, ivar, *, cfg: FitConfig, seed: int, snr: float, p
     if lp_chain[k] > mres.log_prob:
         theta_map = sampler.get_chain()[k]
     chi2r = post.chi2_reduced(theta_map)
-    n_eff = n_prod * cfg.n_walkers / tau
-    acc = float(np.mean(sampler.acceptance_fraction))
     samples = None
     if cfg.n_draws > 0:
         idx = np.linspace(0, flat.shape[0] - 1, cfg.n_draws).round().astype(int)
         samples = flat[idx, :L].copy()
-    res: dict[str, Any] = {
-        "median": q50[:L],
-        "p16": q16[:L],
-        "p84": q84[:L],
-        "map": theta_map[:L].copy(),
-        "rv": float(q50[L]),
-        "rv_err": float(0.5 * (q84[L] - q16[L])),
-        "chi2_reduced": chi2r,
-        "acceptance": acc,
-        "tau_max": float(np.max(tau)),
-        "n_eff_min": float(np.min(n_eff)),
-        "flag": result_flags(post, q50[:L], float(q50[L]), chi2r, snr_used, conv, cfg),
-        "status": "ok",
-        "samples": samples,
-        "snr": snr_used,
-        "n_good": post.n_good,
-        "n_steps": n_prod,
-        "seed": int(seed),
-        "rv_map": float(theta_map[L]),
-        "n_eval": post.n_eval,
-    }
-    widen_intervals(res, model_label_systematics(model, cfg))
-    if return_chain:
-        res.update(
-            chain=sampler.get_chain(),
-            log_prob_chain=sampler.get_log_prob(),
-            param_names=list(post.param_names),
-            map_result=mres,
-            tau=tau,
-        )
-    return res
+    conv = bool(converged(n_prod, float(np.max(tau)), cfg.tau_factor))
+    return FitResult(
+        median=q50[:L], p16=q16[:L], p84=q84[:L], map=theta_map[:L].copy(), rv=float(q50[L]),
+        rv_err=float(0.5 * (q84[L] - q16[L])), chi2_reduced=chi2r,
+        acceptance=float(np.mean(sampler.acceptance_fraction)), tau_max=float(np.max(tau)),
+        n_eff_min=float(np.min(n_prod * cfg.n_walkers / tau)),
+        flag=result_flags(post, q50[:L], float(q50[L]), chi2r, snr_used, conv, cfg), status="ok",
+        samples=samples, snr=snr_used, n_good=post.n_good, n_steps=n_prod, rv_map=float(theta_map[L]),
+        n_eval=post.n_eval, map_success=bool(mres.success))
 
 
-__all__ = ["LaplaceMove", "RESULT_KEYS", "check_config", "empty_result", "fit_spectrum", "make_moves"]
+# ------------------------------------------------------------------ the strategy
+def fit_many(model: Any, flux: np.ndarray, ivar: np.ndarray, *, seeds: Sequence[int], snr: np.ndarray,
+             priors: Sequence[Mapping[str, tuple[float, float]] | None], config: FitConfig,
+             progress: bool = False) -> list[FitResult]:
+    """The emcee strategy of :func:`.block.fit_block`: each normalised spectrum (rows of flux,
+    ivar (S, n_pix) on the model grid) with :func:`fit_spectrum`, in order."""
+    rows: Any = range(len(seeds))
+    if progress:
+        from tqdm.auto import tqdm
+
+        rows = tqdm(rows, total=len(seeds), desc="fit", unit="star")
+    return [fit_spectrum(model, flux[i], ivar[i], config=config, seed=int(seeds[i]), snr=float(snr[i]),
+                         priors=priors[i]) for i in rows]
+
+
+__all__ = ["LaplaceMove", "draw_walkers", "fit_many", "fit_spectrum", "make_moves"]

@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy.optimize import least_squares
 from scipy.stats import qmc
 
-from .posterior import C_KMS, SpectrumPosterior, rv_to_pixels
+from .geometry import C_KMS, coarse_shifts
+from .posterior import SpectrumPosterior
+from .rules import INTERIOR_FRAC, LM, distinct_starts
 
 _COARSE_CACHE: "weakref.WeakKeyDictionary[object, dict[int, tuple[np.ndarray, ...]]]" = weakref.WeakKeyDictionary()
 
@@ -55,17 +58,19 @@ def coarse_set(model, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 @dataclass
 class MapResult:
-    """Result of :func:`find_map`."""
+    """The MAP start of one star (:func:`find_map`, numpy) or of a batch of stars
+    (:func:`gsn_dask.fit.torch.start.batched_map`: every field with a leading star axis, torch
+    tensors on the batch's device)."""
 
-    theta: np.ndarray  # (ndim,) labels + rv (km/s)
-    log_prob: float
-    chi2: float
-    cov: np.ndarray  # (ndim, ndim) Laplace covariance
-    starts: np.ndarray  # (n_starts, ndim) start points used
-    rv_coarse: float  # km/s, from the cross-correlation
-    n_eval: int  # emulator spectra evaluated for this star (coarse set excluded)
-    success: bool
-    message: str
+    theta: Any  # (ndim,) labels + rv (km/s)
+    log_prob: Any  # log posterior at theta
+    chi2: Any  # profiled chi^2 at theta
+    cov: Any  # (ndim, ndim) Laplace covariance
+    success: Any  # the optimiser converged
+    n_eval: Any  # emulator spectra evaluated (coarse set excluded)
+    starts: Any = None  # (n_starts, ndim) start points used
+    rv_coarse: Any = None  # km/s, from the cross-correlation
+    message: str = ""
     candidates: list[dict] = field(default_factory=list)
 
 
@@ -77,9 +82,7 @@ def coarse_search(post: SpectrumPosterior, n_coarse: int) -> tuple[np.ndarray, n
     _, M, M2 = coarse_set(post.model, n_coarse)
     n_pix = M.shape[1]
     lo, hi = post.lo, post.hi
-    d_lo, d_hi = rv_to_pixels(np.array(post.config.rv_bounds_kms), post.step)
-    shifts = np.arange(int(np.floor(d_lo)), int(np.floor(d_hi)) + 2)
-    shifts = shifts[(lo - shifts >= 0) & (hi - shifts <= n_pix)]
+    shifts = coarse_shifts(n_pix, lo, hi, post.step, post.config.rv_bounds_kms)
     wr = (post.w * (post.f - 1.0)).astype(np.float32)  # weighted residual of the data w.r.t. 1
     w = post.w.astype(np.float32)
     D = np.zeros((n_pix, shifts.size), np.float32)
@@ -108,19 +111,7 @@ def coarse_search(post: SpectrumPosterior, n_coarse: int) -> tuple[np.ndarray, n
     return order, rv[order], best[order]
 
 
-def _distinct(points: np.ndarray, lower: np.ndarray, upper: np.ndarray, k: int, min_dist: float = 0.1) -> np.ndarray:
-    """Indices of up to k points (in the given order) at least ``min_dist`` apart in the unit box."""
-    u = (points - lower) / (upper - lower)
-    chosen: list[int] = []
-    for i in range(u.shape[0]):
-        if all(np.max(np.abs(u[i] - u[j])) >= min_dist for j in chosen):
-            chosen.append(i)
-            if len(chosen) == k:
-                break
-    return np.array(chosen, dtype=int)
-
-
-def _interior(x: np.ndarray, lower: np.ndarray, upper: np.ndarray, frac: float = 1e-6) -> np.ndarray:
+def _interior(x: np.ndarray, lower: np.ndarray, upper: np.ndarray, frac: float = INTERIOR_FRAC) -> np.ndarray:
     span = upper - lower
     return np.clip(x, lower + frac * span, upper - frac * span)
 
@@ -149,17 +140,19 @@ def levenberg_marquardt(
     post: SpectrumPosterior,
     x0: np.ndarray,
     *,
-    max_iter: int = 40,
-    ftol_abs: float = 1e-3,
-    xtol: float = 1e-7,
-    h_frac: float = 3e-4,
+    max_iter: int = LM.max_iter,
+    ftol_abs: float = LM.ftol_abs,
+    xtol: float = LM.xtol,
+    h_frac: float = LM.h_frac,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     """Bounded Levenberg-Marquardt on the posterior's whitened residuals, all starts x0 (S, nd)
     advanced together (one emulator call per iteration for every start's trial point and
     finite-difference Jacobian). Bounds: the step is projected onto the box and parameters at a
     bound whose gradient points outward are frozen for that step. A start stops when an accepted
     step lowers the cost (= -log posterior) by less than ``ftol_abs`` or moves less than ``xtol``
-    (fraction of the box), or when it comes within 1e-4 of the box of a better start (duplicate).
+    (fraction of the box), or when it comes within ``same_tol`` of the box of a better start:
+    the rules of :data:`.rules.LM`, which the batched path (:mod:`gsn_dask.fit.torch.start`)
+    follows with torch tensors (a vectorised loop over starts instead of this per-start one).
 
     Returns (x (S, nd), cost = sum(r^2)/2 (S,), J at x (S, n_res, nd), converged (S,), iterations).
     """
@@ -170,7 +163,7 @@ def levenberg_marquardt(
     S, nd = x.shape
     r, J = _eval_jac(post, x, h)
     cost = 0.5 * np.sum(r * r, axis=1)
-    lam = np.full(S, 1e-3)
+    lam = np.full(S, LM.lam0)
     active = np.ones(S, dtype=bool)
     done = np.zeros(S, dtype=bool)
     it = 0
@@ -182,14 +175,14 @@ def levenberg_marquardt(
         for a, s in enumerate(idx):
             A = J[s].T @ J[s]
             g = J[s].T @ r[s]
-            eps = 1e-9 * span
+            eps = LM.bound_eps * span
             frozen = ((x[s] <= lower + eps) & (g > 0)) | ((x[s] >= upper - eps) & (g < 0))
             free = ~frozen
             if not np.any(free):
                 continue
             Af = A[np.ix_(free, free)]
             d = np.diag(Af).copy()
-            d[d <= 0] = 1e-12
+            d[d <= 0] = LM.diag_floor
             try:
                 step = np.linalg.solve(Af + lam[s] * np.diag(d), -g[free])
             except np.linalg.LinAlgError:
@@ -203,19 +196,19 @@ def levenberg_marquardt(
             if np.isfinite(cost_new[a]) and cost_new[a] <= cost[s]:
                 small = (cost[s] - cost_new[a]) <= ftol_abs or dx <= xtol
                 x[s], r[s], J[s], cost[s] = x_new[a], r_new[a], J_new[a], cost_new[a]
-                lam[s] = max(lam[s] / 3.0, 1e-9)
+                lam[s] = max(lam[s] / LM.lam_down, LM.lam_min)
                 if small:
                     active[s] = False
                     done[s] = True
             else:
-                lam[s] *= 4.0
-                if lam[s] > 1e8 or dx <= xtol:
+                lam[s] *= LM.lam_up
+                if lam[s] > LM.lam_max or dx <= xtol:
                     active[s] = False
                     done[s] = True
         # drop starts that have joined a better one
         for a in np.flatnonzero(active):
             for b in range(S):
-                if b != a and cost[b] <= cost[a] and np.max(np.abs(x[a] - x[b]) / span) < 1e-4:
+                if b != a and cost[b] <= cost[a] and np.max(np.abs(x[a] - x[b]) / span) < LM.same_tol:
                     active[a] = False
                     break
     return x, cost, J, done, it
@@ -239,7 +232,7 @@ def find_map(
     n_coarse: int = 1024,
     n_starts: int = 3,
     method: str = "lm",
-    max_iter: int = 40,
+    max_iter: int = LM.max_iter,
 ) -> MapResult:
     """Maximum a posteriori (labels, rv) of ``post`` (see module docstring).
 
@@ -257,7 +250,8 @@ def find_map(
     lp = -0.5 * chi2_c + post.log_prior(cand)
     order = np.argsort(-lp, kind="stable")
     cand = cand[order]
-    starts = cand[_distinct(cand, lower, upper, n_starts)]
+    idx_s, valid = distinct_starts(cand[None], lower, upper, n_starts)
+    starts = cand[idx_s[0][valid[0]]]
 
     cands: list[dict] = []
     if method == "lm":
@@ -269,7 +263,7 @@ def find_map(
         theta, J_best, success = x[b], J[b], bool(conv[b])
         message = f"Levenberg-Marquardt, {n_it} iterations"
     elif method == "scipy":
-        h = 3e-4 * span
+        h = LM.h_frac * span
         cache: dict[bytes, np.ndarray] = {}
 
         def fun(xx: np.ndarray) -> np.ndarray:

@@ -141,7 +141,7 @@ def noisy_spectrum(
     1/ivar + emulator_error^2 is the true one)."""
     from numpy.polynomial import chebyshev
 
-    from .posterior import rv_to_pixels, log10_step
+    from .geometry import log10_step, rv_to_pixels
 
     wave = np.asarray(model.wavelength, dtype=np.float64)
     spec = np.asarray(model.predict(np.atleast_2d(labels))[0], dtype=np.float64)
@@ -173,7 +173,8 @@ def reference_log_prob(model, flux, ivar, theta, *, config=None, pixel_range: tu
     from numpy.polynomial import chebyshev
 
     from .config import FitConfig
-    from .posterior import C_KMS, telluric_mask
+    from ..grid.prepare import telluric_mask
+    from .geometry import C_KMS
 
     cfg = config or FitConfig()
     theta = np.asarray(theta, dtype=np.float64)

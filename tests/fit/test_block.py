@@ -95,17 +95,18 @@ def test_per_star_priors(model, fast_cfg):
 
 
 def test_error_in_one_star_is_caught(model, fast_cfg, monkeypatch):
-    import gsn_dask.fit.block as block_mod
+    import gsn_dask.fit.sampler as smod
+    from gsn_dask.fit.seeds import star_seed
 
     ds = _cube(model, [model.bounds.mean(axis=1)] * 2)
-    real = block_mod.fit_spectrum
+    real = smod._sample
 
-    def flaky(model_, flux, ivar, **kw):
-        if kw["seed"] == block_mod.star_seed(3, "s1"):
+    def flaky(post, mres, cfg, seed):
+        if seed == star_seed(3, "s1"):
             raise FloatingPointError("boom")
-        return real(model_, flux, ivar, **kw)
+        return real(post, mres, cfg, seed)
 
-    monkeypatch.setattr(block_mod, "fit_spectrum", flaky)
+    monkeypatch.setattr(smod, "_sample", flaky)
     res = fit_block(ds, model, config=fast_cfg, run_seed=3)
     assert str(res["status"].values[0]) == "ok"
     assert str(res["status"].values[1]) == "error: FloatingPointError: boom"
@@ -113,7 +114,6 @@ def test_error_in_one_star_is_caught(model, fast_cfg, monkeypatch):
 
 
 def test_raw_cube_is_normalised_with_the_model_recipe(model, fast_cfg):
-    pytest.importorskip("gsn_dask.grid.prepare")
     lab = model.bounds[:, 0] + np.array([0.6, 0.5, 0.6]) * (model.bounds[:, 1] - model.bounds[:, 0])
     base = _cube(model, [lab], snr=60)
     w = base["wavelength"].values
@@ -127,15 +127,65 @@ def test_raw_cube_is_normalised_with_the_model_recipe(model, fast_cfg):
     assert np.all(np.abs(b["median"].values[0] - a["median"].values[0]) < 0.05 * span)
 
 
-def test_unknown_and_missing_batched_sampler(model, fast_cfg):
-    ds = _cube(model, [model.bounds.mean(axis=1)])
-    with pytest.raises(ValueError, match="unknown sampler"):
-        fit_block(ds, model, config=fast_cfg, run_seed=0, sampler="nuts")
-    import importlib.util
+def test_strategy_registry(model, fast_cfg):
+    """Every sampler of the config has a strategy with fit_many; an unknown one is refused."""
+    from gsn_dask.fit import block as block_mod
+    from gsn_dask.fit.config import SAMPLERS, ConfigError
 
-    if importlib.util.find_spec("gsn_dask.fit.batched") is None:  # written by another module owner
-        with pytest.raises(RuntimeError, match="gsn_dask.fit.batched"):
-            fit_block(ds, model, config=fast_cfg, run_seed=0, sampler="batched")
+    assert tuple(block_mod.STRATEGIES) == SAMPLERS
+    for name in SAMPLERS:
+        assert callable(block_mod.strategy(name))
+    ds = _cube(model, [model.bounds.mean(axis=1)])
+    with pytest.raises(ConfigError, match="unknown sampler"):
+        fit_block(ds, model, config=fast_cfg, run_seed=0, sampler="nuts")
+
+
+@pytest.mark.parametrize("sampler", ["emcee", "batched"])
+@pytest.mark.parametrize("change, match", [
+    ({"n_walkers": 6}, "n_walkers"),
+    ({"priors": {"foo": (1.0, 2.0)}}, "unknown labels"),
+    ({"rv_bounds_kms": (0.0, 0.001)}, "rv_bounds_kms"),
+])
+def test_config_that_does_not_fit_the_model_raises_before_any_star(model, fast_cfg, sampler, change, match, monkeypatch):
+    """Both samplers refuse such a config with ConfigError (a run-level error), not error rows."""
+    from gsn_dask.fit import block as block_mod
+    from gsn_dask.fit.config import ConfigError
+
+    def no_fit(*a, **k):
+        raise AssertionError("a star was fitted")
+
+    monkeypatch.setattr(block_mod, "strategy", lambda name: no_fit)
+    ds = _cube(model, [model.bounds.mean(axis=1)])
+    with pytest.raises(ConfigError, match=match):
+        fit_block(ds, model, config=fast_cfg.replace(**change), run_seed=0, sampler=sampler)
+
+
+@pytest.mark.parametrize("sampler", ["emcee", "batched"])
+def test_huge_flux_is_bad_input_for_both_samplers(model, fast_cfg, sampler):
+    """A spectrum of 1e30 gets the same clear NOT_FITTED row from both samplers, and its neighbours
+    are fitted: in a normalised cube the flux is out of range; in a raw cube (ivar unchanged) the
+    normalisation brings the flux to ~1 and the inverse variance to ~1e57."""
+    lab = model.bounds.mean(axis=1)
+    for normalised in (True, False):
+        ds = _cube(model, [lab, lab], normalised=normalised)
+        ds["flux"].values[1] = 1e30
+        res = fit_block(ds, model, config=fast_cfg.replace(n_burn=20, n_steps=20, max_steps=20), run_seed=0,
+                        sampler=sampler)
+        st = [str(s) for s in res["status"].values]
+        assert st[0] == "ok", st
+        want = "bad input: normalised " + ("flux" if normalised else "ivar") + " out of range"
+        assert st[1].startswith(want), st[1]
+        assert res["flag"].values[1] == Flag.NOT_FITTED and np.isnan(res["median"].values[1]).all()
+
+
+@pytest.mark.parametrize("sampler", ["emcee", "batched"])
+def test_thin_as_long_as_the_chain(model, fast_cfg, sampler):
+    """thin = n_steps keeps one step per walker: percentiles and draws still come from it."""
+    ds = _cube(model, [model.bounds.mean(axis=1)])
+    cfg = fast_cfg.replace(n_steps=20, max_steps=20, thin=20)
+    res = fit_block(ds, model, config=cfg, run_seed=0, sampler=sampler)
+    assert str(res["status"].values[0]) == "ok"
+    assert np.isfinite(res["median"].values[0]).all() and np.isfinite(res["samples"].values[0]).all()
 
 
 def test_fit_does_not_import_torch(model, fast_cfg):
@@ -151,7 +201,7 @@ def test_fit_does_not_import_torch(model, fast_cfg):
         "m = toy_model(hidden=(16, 16, 16), n_train=200)\n"
         "f, iv = noisy_spectrum(m, m.bounds.mean(1), snr=30, rng=np.random.default_rng(0))\n"
         "r = fit_spectrum(m, f, iv, config=FitConfig(n_burn=10, n_steps=20, max_steps=20, n_coarse=64), seed=1)\n"
-        "assert r['status'] == 'ok', r['status']\n"
+        "assert r.status == 'ok', r.status\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

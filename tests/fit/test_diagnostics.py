@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from gsn_dask.fit.diagnostics import autocorr_time, converged, effective_sample_size, summarise, to_inference_data
+from gsn_dask.fit.result import FitResult
 
 
 def _ar1(rho, n, walkers, ndim, seed=0):
@@ -37,12 +38,13 @@ def test_converged_rule_and_constant_parameter():
 def test_to_inference_data():
     chain = _ar1(0.3, 50, 6, 3)
     lp = np.random.default_rng(0).normal(size=(50, 6))
-    idata = to_inference_data({"chain": chain, "log_prob_chain": lp, "param_names": ["teff", "logg", "rv"], "seed": 3})
+    res = FitResult.not_fitted(2, "ok", seed=3, chain=chain, log_prob_chain=lp, param_names=["teff", "logg", "rv"])
+    idata = to_inference_data(res)
     post = idata.posterior
     assert post["teff"].shape == (6, 50)  # walkers are chains
     np.testing.assert_array_equal(post["logg"].values, chain[:, :, 1].T)
     assert idata.sample_stats["lp"].shape == (6, 50)
-    idata2 = to_inference_data({"samples": chain[:, 0, :2], "param_names": ["teff", "logg", "rv"]})
+    idata2 = to_inference_data(FitResult.not_fitted(2, "ok", samples=chain[:, 0, :2], param_names=["teff", "logg", "rv"]))
     assert idata2.posterior["teff"].shape == (1, 50)
     with pytest.raises(ValueError):
-        to_inference_data({"param_names": ["a"]})
+        to_inference_data(FitResult.not_fitted(1, "x", param_names=["a"]))

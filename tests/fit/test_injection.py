@@ -20,10 +20,10 @@ def _coverage(model, n_trials, seed, config):
         rv = rng.uniform(-500.0, 500.0)
         flux, ivar = draw(model, truth, snr=snr, rv=rv, seed=seed * 100000 + t)
         r = fit_spectrum(model, flux, ivar, config=config, seed=seed * 100000 + t)
-        assert r["status"] == "ok"
-        med = np.r_[r["median"], r["rv"]]
-        p16 = np.r_[r["p16"], r["rv"] - r["rv_err"]]
-        p84 = np.r_[r["p84"], r["rv"] + r["rv_err"]]
+        assert r.status == "ok"
+        med = np.r_[r.median, r.rv]
+        p16 = np.r_[r.p16, r.rv - r.rv_err]
+        p84 = np.r_[r.p84, r.rv + r.rv_err]
         tr = np.r_[truth, rv]
         hits.append((p16 <= tr) & (tr <= p84))
         z.append((med - tr) / (0.5 * (p84 - p16)))

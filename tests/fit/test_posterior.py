@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from gsn_dask.fit.config import FitConfig
-from gsn_dask.fit.posterior import C_KMS, SpectrumPosterior, rv_to_pixels
+from gsn_dask.fit.geometry import C_KMS, rv_to_pixels
+from gsn_dask.fit.posterior import SpectrumPosterior
 from gsn_dask.fit.testing import reference_log_prob
 
 from .conftest import draw
