@@ -127,7 +127,8 @@ def _fd_rows(x: np.ndarray, h: np.ndarray, upper: np.ndarray) -> tuple[np.ndarra
 
 def _eval_jac(post: SpectrumPosterior, x: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Residuals (S, n_res) and forward-difference Jacobians (S, n_res, nd) at x (S, nd), one
-    emulator call."""
+    emulator call (step ``h``, backward at the upper bound; the batched path's
+    ``gsn_dask.fit.torch.start._eval_jac`` follows the same rule on tensors)."""
     S, nd = x.shape
     rows, step = _fd_rows(x, h, post.upper)
     R = post.residuals(rows).reshape(S, nd + 1, -1)

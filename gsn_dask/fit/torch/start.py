@@ -70,7 +70,9 @@ def _coarse_tile(bp: BatchedPosterior, n_coarse: int, rv_bounds: tuple[float, fl
 
 def _eval_jac(bp: BatchedPosterior, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """For problems x (P, D) of bp (S = P): cost = sum r^2 / 2 (P,), A = J^T J (P, D, D),
-    g = J^T r (P, D) with a forward-difference Jacobian (backward at the upper bound)."""
+    g = J^T r (P, D) with a forward-difference Jacobian (backward at the upper bound): the rule of
+    the numpy ``gsn_dask.fit.start._eval_jac``, here reduced to J^T J and J^T r per tile of stars
+    (the full Jacobians of a batch would not fit on the device)."""
     P, D = x.shape
     step = torch.where(x + h <= bp.upper, h.expand_as(x), -h.expand_as(x))
     rows = x[:, None, :].repeat(1, D + 1, 1)
@@ -94,7 +96,7 @@ def levenberg_marquardt(bp: BatchedPosterior, x0: Tensor, active: Tensor, *, max
     algorithm and rules (:data:`gsn_dask.fit.rules.LM`) of the numpy
     :func:`gsn_dask.fit.start.levenberg_marquardt`, vectorised over problems: a problem stops when an accepted step lowers the cost by
     less than ``ftol_abs`` or moves less than ``xtol`` (fraction of the box), or when it comes
-    within 1e-4 of the box of a better start of the same star (``group`` consecutive problems
+    within ``same_tol`` of the box of a better start of the same star (``group`` consecutive problems
     per star). Returns (x (P, D), cost (P,), J^T J (P, D, D), converged (P,), emulator rows
     evaluated (P,))."""
     lower, upper = bp.lower, bp.upper
