@@ -90,7 +90,7 @@ def add_fit_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
 
     f = parser.add_argument_group("sampling (defaults: gsn_dask.fit.config.FitConfig)")
     f.add_argument("--seed", type=int, default=0, help="run seed (default 0)")
-    f.add_argument("--sampler", choices=SAMPLERS, default="emcee", help="emcee (default) or batched")
+    f.add_argument("--sampler", choices=SAMPLERS, default="emcee", help="emcee (default: MCMC per star), batched (torch, all stars of a block at once) or map (quick look: MAP + Laplace approximation, ~10x cheaper)")
     f.add_argument("--walkers", type=int, default=None, metavar="N", help="number of walkers")
     f.add_argument("--burn", type=int, default=None, metavar="N", help="burn-in steps (discarded)")
     f.add_argument("--steps", type=int, default=None, metavar="N", help="production steps (minimum)")

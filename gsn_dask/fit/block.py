@@ -37,7 +37,8 @@ from .threads import blas_threads
 
 #: Sampler strategies: name -> module with a :class:`FitMany` ``fit_many`` (imported on use, so
 #: the emcee path never imports torch).
-STRATEGIES: dict[str, str] = {"emcee": "gsn_dask.fit.sampler", "batched": "gsn_dask.fit.batched"}
+STRATEGIES: dict[str, str] = {"emcee": "gsn_dask.fit.sampler", "batched": "gsn_dask.fit.batched",
+                              "map": "gsn_dask.fit.laplace"}
 
 Priors = Mapping[str, tuple[float, float]]
 
