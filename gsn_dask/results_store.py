@@ -1,9 +1,10 @@
 """The results zarr store as a unit of work: template, per-chunk region writes, completion
 records, a writer lock and the run summary.
 
-Engine-agnostic (used by the Dask runner :mod:`gsn_dask.pipeline` and the Spark runner):
+Engine-agnostic (used by the run layer :mod:`gsn_dask.run`, which both engines schedule):
 every function takes the store path and does its own I/O, so any process that sees the
-path can call it.
+path can call it. Only a store written by a fit run (:func:`require_results_store`) is ever
+resumed or replaced.
 
 Layout on top of the results schema (``shared/DESIGN.md``)::
 
@@ -429,56 +430,6 @@ def failed_rows(
     ds = empty_results(stars, labels, n_draws=n_draws, status=reason)
     ds["flag"][:] = int(Flag.NOT_FITTED)
     return ds
-
-
-# -------------------------------------------------------------------------- run attrs
-def run_identity(model: Any, *, seed: int, sampler: str, config: Any) -> dict[str, Any]:
-    """The attrs that identify a fit run (schema, model sha256, seed, sampler, FitConfig JSON, the
-    per-label systematics folded into p16/p84 (JSON, "null" if none)): written into every results
-    store, and what :func:`check_resumable` requires to match."""
-    from .fit.result import model_label_systematics
-
-    sys_ = model_label_systematics(model, config)
-    return {
-        "schema": RESULTS_SCHEMA,
-        "model_sha256": model.sha256,
-        "seed": int(seed),
-        "sampler": sampler,
-        "fit_config": config.to_json(),
-        "label_systematics": "null" if sys_ is None else sys_.to_json(),
-    }
-
-
-def run_attrs(
-    identity: Mapping[str, Any],
-    model: Any,
-    *,
-    model_dir: str | Path,
-    cube_path: str | Path,
-    normalised: bool,
-    engine: str,
-    config: Any,
-) -> dict[str, Any]:
-    """The attrs of a new results store, the same for every runner (Dask, serial, Spark):
-    ``identity`` (:func:`run_identity`), the model, the input cube (``input_cube``,
-    ``input_normalised``), the engine, the package version, the main sampling settings and
-    the creation time."""
-    from ._version import __version__
-
-    return {
-        **identity,
-        "model_id": model.model_id,
-        "model_dir": str(model_dir),
-        "label_names": list(model.label_names),
-        "input_cube": str(cube_path),
-        "input_normalised": bool(normalised),
-        "engine": engine,
-        "package_version": __version__,
-        "n_walkers": int(config.n_walkers),
-        "n_burn": int(config.n_burn),
-        "n_steps": int(config.n_steps),
-        "created": utc_now(),
-    }
 
 
 # -------------------------------------------------------------------------- resuming

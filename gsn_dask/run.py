@@ -32,7 +32,7 @@ import numpy as np
 import xarray as xr
 
 from . import results_store as rs
-from .cube import OutputPathError, check_output_path, cube_chunk_size, open_spectra, read_block
+from .cube import RESULTS_SCHEMA, OutputPathError, check_output_path, cube_chunk_size, open_spectra, read_block
 
 if TYPE_CHECKING:  # pragma: no cover
     from .emulator import GSN
@@ -198,6 +198,56 @@ def task_chunk_size(n_star: int, cube_chunk: int, n_slots: int, chunk_size: int 
     return max(1, min(cube_chunk, math.ceil(n_star / want)))
 
 
+# ---------------------------------------------------------------------------- run attrs
+def run_identity(model: Any, *, seed: int, sampler: str, config: Any) -> dict[str, Any]:
+    """The attrs that identify a fit run (schema, model sha256, seed, sampler, FitConfig JSON, the
+    per-label systematics folded into p16/p84 (JSON, "null" if none)): written into every results
+    store, and what :func:`~gsn_dask.results_store.check_resumable` requires to match."""
+    from .fit.result import model_label_systematics
+
+    sys_ = model_label_systematics(model, config)
+    return {
+        "schema": RESULTS_SCHEMA,
+        "model_sha256": model.sha256,
+        "seed": int(seed),
+        "sampler": sampler,
+        "fit_config": config.to_json(),
+        "label_systematics": "null" if sys_ is None else sys_.to_json(),
+    }
+
+
+def run_attrs(
+    identity: Mapping[str, Any],
+    model: Any,
+    *,
+    model_dir: str | Path,
+    cube_path: str | Path,
+    normalised: bool,
+    engine: str,
+    config: Any,
+) -> dict[str, Any]:
+    """The attrs of a new results store, the same for every runner (Dask, serial, Spark):
+    ``identity`` (:func:`run_identity`), the model, the input cube (``input_cube``,
+    ``input_normalised``), the engine, the package version, the main sampling settings and
+    the creation time."""
+    from ._version import __version__
+
+    return {
+        **identity,
+        "model_id": model.model_id,
+        "model_dir": str(model_dir),
+        "label_names": list(model.label_names),
+        "input_cube": str(cube_path),
+        "input_normalised": bool(normalised),
+        "engine": engine,
+        "package_version": __version__,
+        "n_walkers": int(config.n_walkers),
+        "n_burn": int(config.n_burn),
+        "n_steps": int(config.n_steps),
+        "created": rs.utc_now(),
+    }
+
+
 # ------------------------------------------------------------------------------- store
 @dataclass
 class RunStore:
@@ -235,7 +285,7 @@ class RunStore:
 def _create_or_resume(plan: RunPlan, n_slots: int, engine: str) -> int:
     """Create the results store (or check it for resuming); returns its chunk size (stars)."""
     assert plan.cube.stars is not None
-    expect = rs.run_identity(plan.model, seed=plan.seed, sampler=plan.sampler, config=plan.config)
+    expect = run_identity(plan.model, seed=plan.seed, sampler=plan.sampler, config=plan.config)
     if plan.resume and rs.store_exists(plan.out):
         rs.check_resumable(plan.out, expect, plan.cube.stars)
         stored = int(rs.store_attrs(plan.out)["chunk_size"])
@@ -245,7 +295,7 @@ def _create_or_resume(plan: RunPlan, n_slots: int, engine: str) -> int:
     if plan.resume:
         log.info("nothing to resume at %s: starting a new store", plan.out)
     size = task_chunk_size(plan.cube.stars.size, plan.cube.chunk_size, n_slots, plan.chunk_size)
-    attrs = rs.run_attrs(expect, plan.model, model_dir=plan.model_dir, cube_path=plan.cube.path,
+    attrs = run_attrs(expect, plan.model, model_dir=plan.model_dir, cube_path=plan.cube.path,
                          normalised=plan.cube.normalised, engine=engine, config=plan.config)
     rs.create_store(plan.out, plan.cube.stars, plan.model.label_names, chunk_size=size,
                     n_draws=int(plan.config.n_draws), attrs=attrs, overwrite=plan.overwrite)
@@ -348,6 +398,8 @@ __all__ = [
     "open_run",
     "prepare_run",
     "row_counts",
+    "run_attrs",
+    "run_identity",
     "task_chunk_size",
     "zarr_cube_meta",
 ]
