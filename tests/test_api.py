@@ -88,3 +88,47 @@ def test_fit_refuses_a_config_that_does_not_fit_the_model(tiny_cube_path, tiny_m
         gd.fit(np.ones((2, 3)), tiny_model_dir)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="ivar"):
         gd.fit(xr.Dataset({"flux": (("star", "wavelength"), np.ones((1, 3)))}), tiny_model_dir)
+
+
+#: run first in a subprocess: makes torch, pyspark and pyarrow unimportable, as in the core install
+BLOCK = (
+    "import sys, importlib.abc\n"
+    "class _Block(importlib.abc.MetaPathFinder):\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name.split('.')[0] in ('torch', 'pyspark', 'pyarrow'):\n"
+    "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+    "sys.meta_path.insert(0, _Block())\n"
+)
+
+
+def test_default_model_loads_without_torch_and_fits_the_lamost_grid():
+    """The shipped model: numpy inference only, a run of LAMOST's own log-lambda grid."""
+    code = (
+        BLOCK + "import numpy as np, gsn_dask as gd\n"
+        "from gsn_dask.cube import log_lambda_grid\n"
+        "m = gd.load_model()\n"
+        "sl = m.pixel_slice(log_lambda_grid())\n"
+        "assert m.label_names == ['teff', 'logg', 'feh'], m.label_names\n"
+        "assert sl.stop - sl.start == m.n_pix\n"
+        "assert m.meta['training']['recipe']['label_ranges'] == {'teff': [3000.0, 12000.0]}\n"
+        "spec = m.predict(np.array([[5800.0, 4.4, 0.0]]))\n"
+        "assert np.all(np.isfinite(spec)) and 0.5 < float(np.median(spec)) < 1.2\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_readme_example_without_torch_or_spark():
+    """The README's first example with torch and pyspark unavailable (the core install)."""
+    code = (
+        BLOCK + "import gsn_dask as gd\n"
+        "cube = gd.read_lamost()\n"
+        "model = gd.load_model()\n"
+        "res = gd.fit(cube.isel(star=slice(0, 3)), model, config={'n_steps': 20, 'max_steps': 20})\n"
+        "assert res.sizes['star'] == 3 and list(res['status'].values) == ['ok'] * 3, res['status'].values\n"
+        "assert not any(m.split('.')[0] in ('torch', 'pyspark', 'pyarrow') for m in sys.modules)\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
