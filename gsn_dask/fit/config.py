@@ -66,8 +66,11 @@ class FitConfig:
     tau_factor: float = 50.0  # converged if production steps >= tau_factor * tau_max
     # ---- nuisance model
     cheb_degree: int = 2  # degree of the multiplicative Chebyshev continuum correction (profiled)
+    arm_split_aa: float | None = None  # vacuum A: one continuum polynomial per spectrograph arm (LAMOST ~5900); None = one
     rv_bounds_kms: tuple[float, float] = (-600.0, 600.0)  # uniform rv prior, km/s
     mask_telluric: bool = True  # give telluric bands zero weight
+    mask_sky: bool = False  # give night-sky emission lines ([O I], Na D, OH; grid.prepare.SKY_LINES_AA) zero weight
+    mask_windows: list[tuple[float, float]] = field(default_factory=list)  # extra zero-weight windows, vacuum A (lo, hi)
     # ---- priors: {label: (mu, sigma)} Gaussian, on top of the uniform training-range prior
     priors: dict[str, tuple[float, float]] = field(default_factory=dict)
     # ---- calibration: fold the model's per-label systematics (from its training CV) into p16/p84
@@ -90,6 +93,7 @@ class FitConfig:
     def __post_init__(self) -> None:
         self.rv_bounds_kms = (float(self.rv_bounds_kms[0]), float(self.rv_bounds_kms[1]))
         self.priors = {str(k): (float(v[0]), float(v[1])) for k, v in dict(self.priors).items()}
+        self.mask_windows = [(float(w[0]), float(w[1])) for w in (self.mask_windows or [])]
         self.validate()
 
     def validate(self) -> None:
@@ -121,12 +125,17 @@ class FitConfig:
             raise bad(f"moves must be one of {MOVES}, got {self.moves!r}")
         if not (0 <= self.cheb_degree <= 10):
             raise bad(f"cheb_degree must be in 0..10, got {self.cheb_degree}")
+        if self.arm_split_aa is not None and not (isinstance(self.arm_split_aa, (int, float)) and math.isfinite(self.arm_split_aa)):
+            raise bad(f"arm_split_aa must be a wavelength in Angstrom or null, got {self.arm_split_aa!r}")
         lo, hi = self.rv_bounds_kms
         if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi and -5000 <= lo and hi <= 5000):
             raise bad(f"rv_bounds_kms must be finite, lo < hi, within +-5000 km/s; got {self.rv_bounds_kms}")
         for k, (mu, sig) in self.priors.items():
             if not (math.isfinite(mu) and math.isfinite(sig) and sig > 0):
                 raise bad(f"prior for {k!r} must be (mu, sigma) with finite mu and sigma > 0, got {(mu, sig)}")
+        for lo, hi in self.mask_windows:
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+                raise bad(f"mask_windows must be (lo, hi) vacuum Angstrom pairs with lo < hi, got {(lo, hi)}")
         if not isinstance(self.label_systematics, bool):
             raise bad(f"label_systematics must be true or false, got {self.label_systematics!r}")
         if self.blas_threads is not None and self.blas_threads < 1:
@@ -143,6 +152,7 @@ class FitConfig:
         d = dataclasses.asdict(self)
         d["rv_bounds_kms"] = list(self.rv_bounds_kms)
         d["priors"] = {k: [mu, sig] for k, (mu, sig) in self.priors.items()}
+        d["mask_windows"] = [list(w) for w in self.mask_windows]
         return d
 
     def to_json(self) -> str:

@@ -55,7 +55,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.polynomial import chebyshev as _cheb
 
-from ..grid.prepare import telluric_mask
+from ..grid.prepare import sky_mask, telluric_mask
 from .config import FitConfig
 from .geometry import C_KMS, MIN_USED_PIXELS, log10_step, rv_to_pixels, used_pixels
 
@@ -72,15 +72,39 @@ class EmulatorLike(Protocol):  # what the posterior needs from a GSN
 def pixel_weights(model: EmulatorLike, flux: np.ndarray, ivar: np.ndarray,
                   config: FitConfig) -> tuple[np.ndarray, np.ndarray]:
     """(good (S, n_pix) bool, w (S, n_pix) float64) of spectra (S, n_pix) on the model grid: usable
-    pixels (finite, ivar > 0, outside telluric bands if masked) and the likelihood weights
+    pixels (finite, ivar > 0, outside telluric bands, sky lines and ``mask_windows`` if masked) and the likelihood weights
     ``w = 1 / (1/ivar + emulator_error^2)`` (0 elsewhere)."""
     emu = np.asarray(model.emulator_error, dtype=np.float64).reshape(-1)
     good = np.isfinite(flux) & np.isfinite(ivar) & (ivar > 0)
+    wave = np.asarray(model.wavelength, dtype=np.float64)
     if config.mask_telluric:
-        good &= ~telluric_mask(np.asarray(model.wavelength, dtype=np.float64))
+        good &= ~telluric_mask(wave)
+    if config.mask_sky:
+        good &= ~sky_mask(wave)
+    for lo, hi in config.mask_windows:
+        good &= ~((wave >= lo) & (wave <= hi))
     with np.errstate(divide="ignore", invalid="ignore"):
         w = np.where(good, 1.0 / (1.0 / np.where(good, ivar, 1.0) + emu**2), 0.0)
     return good, w
+
+
+def continuum_basis(wavelength: np.ndarray, degree: int, split_aa: float | None = None) -> np.ndarray:
+    """(n_pix, n_cont) basis of the multiplicative continuum correction: Chebyshev polynomials of
+    ``degree`` in x in [-1, 1] over ``wavelength``; with ``split_aa`` (vacuum A) inside the range,
+    one such polynomial per side (the LAMOST blue and red arms are flux-calibrated separately)."""
+    w = np.asarray(wavelength, dtype=np.float64)
+
+    def cheb(part: np.ndarray) -> np.ndarray:
+        x = 2.0 * (part - part[0]) / (part[-1] - part[0]) - 1.0 if part.size > 1 else np.zeros(part.size)
+        return _cheb.chebvander(x, degree)
+
+    if split_aa is None or not (w[0] < split_aa < w[-1]):
+        return cheb(w)
+    red = w >= split_aa
+    out = np.zeros((w.size, 2 * (degree + 1)))
+    out[~red, : degree + 1] = cheb(w[~red])
+    out[red, degree + 1 :] = cheb(w[red])
+    return out
 
 
 def merged_priors(
@@ -151,11 +175,9 @@ class SpectrumPosterior:
         )
 
         # ---- continuum basis and the fixed matrices of the normal equations
-        d = int(config.cheb_degree)
-        self.n_cont = d + 1
-        x = 2.0 * (self.wavelength_used - self.wavelength_used[0]) / (self.wavelength_used[-1] - self.wavelength_used[0]) - 1.0
-        self.T = _cheb.chebvander(x, d)  # (n_used, d+1)
-        self._pairs = [(j, k) for j in range(d + 1) for k in range(j, d + 1)]
+        self.T = continuum_basis(self.wavelength_used, int(config.cheb_degree), config.arm_split_aa)
+        self.n_cont = self.T.shape[1]
+        self._pairs = [(j, k) for j in range(self.n_cont) for k in range(j, self.n_cont)]
         self._wfT = np.ascontiguousarray((self.w * self.f)[:, None] * self.T)  # (n_used, d+1)
         self._wTT = np.ascontiguousarray(
             np.stack([self.w * self.T[:, j] * self.T[:, k] for j, k in self._pairs], axis=1)

@@ -10,7 +10,7 @@ function says otherwise. Every function accepts one spectrum (``(n_pix,)``) or a
 * :func:`resample_flux_conserving` -- rebinning onto a new grid with inverse-variance propagation.
 * :func:`continuum_normalise` -- the pseudo-continuum recipe (:data:`DEFAULT_NORMALISATION`)
   applied identically to training spectra and observed spectra.
-* :data:`TELLURIC_BANDS_AA` / :func:`telluric_mask`.
+* :data:`TELLURIC_BANDS_AA` / :func:`telluric_mask`, :data:`SKY_LINES_AA` / :func:`sky_mask`.
 """
 from __future__ import annotations
 
@@ -414,6 +414,24 @@ def telluric_mask(wavelength: np.ndarray, bands: Sequence[tuple[float, float]] |
     m = np.zeros(w.shape, dtype=bool)
     for lo, hi in TELLURIC_BANDS_AA if bands is None else bands:
         m |= (w >= lo) & (w <= hi)
+    return m
+
+
+#: Night-sky emission lines that leave residuals in survey spectra after sky subtraction
+#: (vacuum Angstrom, +- half width): [O I] 5577, Na D (sky; interstellar Na D absorption sits on
+#: it too), [O I] 6300 and 6364, and the brightest OH lines below 7400 A.
+SKY_LINES_AA: list[tuple[float, float]] = [
+    (5578.9, 4.0), (5891.6, 4.0), (5897.6, 4.0), (6302.0, 4.0), (6365.5, 4.0),
+    (6865.0, 3.0), (6925.0, 3.0), (7246.0, 3.0), (7278.0, 3.0), (7318.0, 3.0), (7342.0, 3.0),
+]
+
+
+def sky_mask(wavelength: np.ndarray, lines: Sequence[tuple[float, float]] | None = None) -> np.ndarray:
+    """Boolean array, True within the half width of a sky line (vacuum A; :data:`SKY_LINES_AA`)."""
+    w = np.asarray(wavelength, dtype=np.float64)
+    m = np.zeros(w.shape, dtype=bool)
+    for centre, half in SKY_LINES_AA if lines is None else lines:
+        m |= np.abs(w - centre) <= half
     return m
 
 
