@@ -47,7 +47,11 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from _common import default_model_dir  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-from gsn_dask.fit import batched as B  # noqa: E402
+from gsn_dask.fit.batched import fit_spectra_batched  # noqa: E402
+from gsn_dask.fit.torch.emulator import TorchEmulator, torch_emulator  # noqa: E402
+from gsn_dask.fit.torch.posterior import BatchedPosterior  # noqa: E402
+from gsn_dask.fit.torch.quadratic import QuadraticChi2  # noqa: E402
+from gsn_dask.fit.torch.start import batched_map  # noqa: E402
 from gsn_dask.fit.config import FitConfig  # noqa: E402
 from gsn_dask.fit.posterior import SpectrumPosterior, log10_step, rv_to_pixels  # noqa: E402
 
@@ -73,9 +77,11 @@ class LightModel:
         self.label_transforms = list(label_transforms or ["identity"] * len(self.label_names))
         self.model_id = model_id
         self.n_pix = self.wavelength.size
+        self.n_label = len(self.label_names)
+        self.hidden_widths = [int(W.shape[1]) for W, _ in self.hidden_layers]
 
     def predict(self, labels):
-        emu = B.torch_emulator(self, "cpu")
+        emu = torch_emulator(self, "cpu")
         with torch.no_grad():
             return emu.predict(torch.as_tensor(np.atleast_2d(labels), dtype=torch.float64)).numpy()
 
@@ -170,19 +176,20 @@ def simulate(model, n: int, snr: float, seed: int) -> tuple[np.ndarray, np.ndarr
 
 # ---------------------------------------------------------------------- helpers
 def flops_per_row(model, post: SpectrumPosterior) -> float:
-    emu = B.torch_emulator(model, "cpu").flops_per_spectrum()  # block-diagonal ensemble layers: blocks only
+    emu = torch_emulator(model, "cpu").flops_per_spectrum()  # block-diagonal ensemble layers: blocks only
     k = post.n_cont
     return float(emu + 3 * post.n_used + 2 * post.n_used * (k + k * (k + 1) // 2) + 4 * post.n_used)
 
 
-def summarise(name: str, res: list[dict], dt: float, n_cores: int, fl_row: float, device: str | None = None,
+def summarise(name: str, res: list, dt: float, n_cores: int, fl_row: float, device: str | None = None,
               cpu: float | None = None) -> dict:
-    """Throughput, n_eff and FLOP rate of one run; ``cpu`` = process CPU seconds (used for the
-    per-core figures: on a shared machine they are steadier than wall time)."""
-    ok = [r for r in res if r["status"] == "ok"]
-    neff = np.array([r["n_eff_min"] for r in ok])
-    conv = np.array([not (r["flag"] & 2) for r in ok])
-    rows = np.array([r.get("n_eval", np.nan) for r in ok], float)
+    """Throughput, n_eff and FLOP rate of one run (``res``: the :class:`~gsn_dask.fit.result.FitResult`
+    of each spectrum); ``cpu`` = process CPU seconds (used for the per-core figures: on a shared
+    machine they are steadier than wall time)."""
+    ok = [r for r in res if r.ok]
+    neff = np.array([r.n_eff_min for r in ok])
+    conv = np.array([not (r.flag & 2) for r in ok])
+    rows = np.array([r.n_eval for r in ok], float)
     n = len(res)
     out = {
         "run": name, "n_spectra": n, "n_ok": len(ok), "seconds": dt, "spectra_per_s": n / dt,
@@ -192,8 +199,8 @@ def summarise(name: str, res: list[dict], dt: float, n_cores: int, fl_row: float
         "n_eff_min_median": float(np.median(neff)) if neff.size else math.nan,
         "frac_n_eff_ge_100": float(np.mean(neff >= 100)) if neff.size else math.nan,
         "frac_converged": float(np.mean(conv)) if conv.size else math.nan,
-        "tau_max_median": float(np.median([r["tau_max"] for r in ok])) if ok else math.nan,
-        "steps_median": float(np.median([r["n_steps"] for r in ok])) if ok else math.nan,
+        "tau_max_median": float(np.median([r.tau_max for r in ok])) if ok else math.nan,
+        "steps_median": float(np.median([r.n_steps for r in ok])) if ok else math.nan,
         "rows_per_spectrum": float(np.nanmean(rows)) if rows.size else math.nan,
         "ms_per_100_neff_per_core": (float(1e3 * (cpu if cpu is not None else dt * n_cores)
                                            / np.sum(np.minimum(neff, 1e9)) * 100) if neff.size else math.nan),
@@ -216,17 +223,17 @@ def peak_fp32(name: str) -> float | None:
 def bench_likelihood(model, posts, n_walkers: int, reps: int = 5) -> dict:
     """Direct vs quadratic-form chi2 per walker evaluation (CPU, 1 thread, float64 emulator for
     the comparison's agreement, float32 direct path timed as the sampler runs it)."""
-    emu32 = B.TorchEmulator(model, "cpu")
-    emu64 = B.TorchEmulator(model, "cpu", dtype=torch.float64)
-    bp32 = B.BatchedPosterior(emu32, posts)
-    bp64 = B.BatchedPosterior(emu64, posts)
+    emu32 = TorchEmulator(model, "cpu")
+    emu64 = TorchEmulator(model, "cpu", dtype=torch.float64)
+    bp32 = BatchedPosterior(emu32, posts)
+    bp64 = BatchedPosterior(emu64, posts)
     S = len(posts)
     rng = np.random.default_rng(0)
     lo, hi = model.bounds[:, 0], model.bounds[:, 1]
     lab = lo + (0.3 + 0.4 * rng.random((S, n_walkers, lo.size))) * (hi - lo)
     theta = torch.as_tensor(np.concatenate([lab, rng.uniform(5.0, 60.0, (S, n_walkers, 1))], -1))
     t0 = time.perf_counter()
-    q = B.QuadraticChi2(bp64, 0, 0)
+    q = QuadraticChi2(bp64, 0, 0)
     t_setup = (time.perf_counter() - t0) / S
     c_q = q.chi2(theta)
     c_d = bp64.chi2(theta)
@@ -251,11 +258,11 @@ def bench_likelihood(model, posts, n_walkers: int, reps: int = 5) -> dict:
 
 def bench_map(model, posts, cfg) -> dict:
     out = {}
-    emu = B.TorchEmulator(model, "cpu")
-    bp = B.BatchedPosterior(emu, posts)
+    emu = TorchEmulator(model, "cpu")
+    bp = BatchedPosterior(emu, posts)
     emu.coarse_set(cfg.n_coarse)
     t = time.perf_counter()
-    m = B.batched_map(bp, n_coarse=cfg.n_coarse, n_starts=cfg.n_starts, rv_bounds=cfg.rv_bounds_kms)
+    m = batched_map(bp, n_coarse=cfg.n_coarse, n_starts=cfg.n_starts, rv_bounds=cfg.rv_bounds_kms)
     out["batched_map_ms_per_spectrum"] = 1e3 * (time.perf_counter() - t) / len(posts)
     try:
         from gsn_dask.fit.start import coarse_set, find_map
@@ -265,7 +272,7 @@ def bench_map(model, posts, cfg) -> dict:
     t = time.perf_counter()
     lps = [find_map(p, n_coarse=cfg.n_coarse, n_starts=cfg.n_starts).log_prob for p in posts]
     out["find_map_ms_per_spectrum"] = 1e3 * (time.perf_counter() - t) / len(posts)
-    out["map_log_prob_batched_minus_find_map_median"] = float(np.median(m["log_prob"].numpy() - np.array(lps)))
+    out["map_log_prob_batched_minus_find_map_median"] = float(np.median(m.log_prob.numpy() - np.array(lps)))
     return out
 
 
@@ -327,11 +334,11 @@ def main(argv=None) -> int:
                 print(runs[-1])
         if not args.no_cpu and args.n_spectra > 0:
             n = args.n_spectra
-            B.fit_spectra_batched(model, flux[:2], ivar[:2], config=cfg.replace(n_steps=10, n_burn=0, max_steps=10),
-                                  seeds=seeds[:2], device="cpu", threads=args.threads)
+            cpu_cfg = cfg.replace(device="cpu", batch_size=args.batch_size)
+            fit_spectra_batched(model, flux[:2], ivar[:2], config=cpu_cfg.replace(n_steps=10, n_burn=0, max_steps=10),
+                                seeds=seeds[:2], threads=args.threads)
             t, c = time.perf_counter(), time.process_time()
-            res = B.fit_spectra_batched(model, flux[:n], ivar[:n], config=cfg, seeds=seeds[:n], device="cpu",
-                                        threads=args.threads, batch_size=args.batch_size)
+            res = fit_spectra_batched(model, flux[:n], ivar[:n], config=cpu_cfg, seeds=seeds[:n], threads=args.threads)
             dt, dc = time.perf_counter() - t, time.process_time() - c
             runs.append(summarise(f"batched-cpu/{moves}", res, dt, args.threads, fl_row, cpu=dc))
             print(runs[-1])
@@ -339,11 +346,12 @@ def main(argv=None) -> int:
             n = args.gpu_spectra
             fg, ig, _, _ = simulate(model, n, args.snr, args.seed + 1) if n > n_all else (flux[:n], ivar[:n], None, None)
             sg = list(range(5000, 5000 + n))
-            B.fit_spectra_batched(model, fg[:64], ig[:64], config=cfg.replace(n_steps=10, n_burn=0, max_steps=10),
-                                  seeds=sg[:64], device="cuda")
+            gpu_cfg = cfg.replace(device="cuda", batch_size=args.batch_size)
+            fit_spectra_batched(model, fg[:64], ig[:64], config=gpu_cfg.replace(n_steps=10, n_burn=0, max_steps=10),
+                                seeds=sg[:64])
             torch.cuda.synchronize()
             t = time.perf_counter()
-            res = B.fit_spectra_batched(model, fg, ig, config=cfg, seeds=sg, device="cuda", batch_size=args.batch_size)
+            res = fit_spectra_batched(model, fg, ig, config=gpu_cfg, seeds=sg)
             torch.cuda.synchronize()
             dt = time.perf_counter() - t
             r = summarise(f"batched-cuda/{moves}", res, dt, 1, fl_row, device=info["cuda"])

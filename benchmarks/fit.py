@@ -117,8 +117,7 @@ def run_baseline(model, flux, ivar, config, seed, n_walkers=32, n_burn=100, chun
     p0 = mres.theta + rng.standard_normal((n_walkers, post.ndim)) @ np.linalg.cholesky(mres.cov).T
     p0 = np.clip(p0, post.lower + 1e-6 * (post.upper - post.lower), post.upper - 1e-6 * (post.upper - post.lower))
     s = emcee.EnsembleSampler(n_walkers, post.ndim, lp)
-    s._random = random_state(seed)
-    state = s.run_mcmc(p0, n_burn, progress=False)
+    state = s.run_mcmc(emcee.State(p0, random_state=random_state(seed).get_state()), n_burn, progress=False)
     s.reset()
     n = 0
     first: dict | None = None
@@ -216,8 +215,8 @@ def bench_moves(model, stars, moves=("stretch", "de", "laplace-de")):
         for i, (truth, rv, flux, ivar) in enumerate(stars):
             cfg = FitConfig(moves=mv, n_walkers=12, n_burn=100, n_steps=600, max_steps=600)
             r = fit_spectrum(model, flux, ivar, config=cfg, seed=1000 + i)
-            taus.append(r["tau_max"])
-            accs.append(r["acceptance"])
+            taus.append(r.tau_max)
+            accs.append(r.acceptance)
         rows.append({"moves": mv, "n_walkers": 12, "tau_max_mean": float(np.mean(taus)), "tau_max": taus,
                      "acceptance_mean": float(np.mean(accs)), "steps_for_50tau": float(50 * np.mean(taus))})
     return rows
@@ -291,9 +290,9 @@ def main(argv: list[str] | None = None) -> int:
             c0, w0 = time.process_time(), time.perf_counter()
             r = fit_spectrum(model, flux, ivar, config=config, seed=i)
             rows.append({"cpu_s": time.process_time() - c0, "wall_s": time.perf_counter() - w0,
-                         "n_eff_min": r["n_eff_min"], "tau_max": r["tau_max"], "n_steps": r["n_steps"] + config.n_burn,
-                         "n_eval": r["n_eval"], "flag": r["flag"], "converged_50tau": bool(r["n_steps"] >= 50 * r["tau_max"]),
-                         "z": ((r["median"] - truth) / (0.5 * (r["p84"] - r["p16"]))).tolist()})
+                         "n_eff_min": r.n_eff_min, "tau_max": r.tau_max, "n_steps": r.n_steps + config.n_burn,
+                         "n_eval": r.n_eval, "flag": r.flag, "converged_50tau": bool(r.n_steps >= 50 * r.tau_max),
+                         "z": ((r.median - truth) / (0.5 * (r.p84 - r.p16))).tolist()})
         return rows
 
     # n_eff >= 100 only (no 50-tau rule): short production, no extension
