@@ -12,7 +12,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run the whole chain on MILES (and optionally real LAMOST files)",
         description=(
             "Fetch MILES (pinned sdss-mangadap wheel), build the training cube at LAMOST resolution, "
-            "train the GSN (or reuse a cached one), hold out MILES stars with number % "
+            "train the GSN with gsn-dask train's default recipe and calibrate its label systematics (or reuse "
+            "a cached model), hold out MILES stars with number % "
             f"{HOLDOUT_EVERY} == 0 and {HOLDOUT_TEFF_K[0]:.0f}-{HOLDOUT_TEFF_K[1]:.0f} K, turn them into "
             f"LAMOST-like observations (S/N {', '.join(f'{s:g}' for s in DEMO_SNR)}, random rv, instrument "
             "response), fit them with the Dask runner on a LocalCluster and validate against the "
@@ -24,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lamost", default=None, metavar="DIR", help="folder of LAMOST LRS FITS files to fit too")
     p.add_argument("--labels", default=None, metavar="CSV", help="reference (LASP) labels for the LAMOST files")
     p.add_argument("--workers", type=int, default=None, help="Dask workers (default: one per core)")
-    p.add_argument("--seed", type=int, default=0, help="run seed")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the training (gsn-dask train's recipe otherwise), the simulated observations and the fit")
     p.add_argument("--train-cube", default=None, help="use this MILES training cube instead of the cached one")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
