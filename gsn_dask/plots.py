@@ -17,21 +17,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import xarray as xr
 from matplotlib.figure import Figure
 
+from .labels import label_unit
+
 #: Above this many stars the one-to-one panels use hexbin instead of a density-coloured scatter.
 MAX_SCATTER = 5000
 
 _TEX = {"teff": r"$T_\mathrm{eff}$", "logg": r"$\log g$", "feh": "[Fe/H]", "alpha_fe": r"[$\alpha$/Fe]"}
-_UNITS = {"teff": "K", "logg": "dex", "feh": "dex", "alpha_fe": "dex"}
 
 
 def label_title(label: str, suffix: str = "") -> str:
     """Axis title of a label, e.g. ``T_eff [K]``."""
-    unit = _UNITS.get(label, "")
+    unit = label_unit(label)
     name = _TEX.get(label, label)
     return f"{name}{suffix}" + (f" [{unit}]" if unit else "")
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from ..cube import LABEL_UNITS
+from ..labels import label_unit
 from ..flags import Flag
 from .match import DEFAULT_RADIUS_ARCSEC, CrossMatch, _per_star, cross_match
 from .reference import _numeric, _str_values, canonical_ids, dataset_to_frame, detect_columns, parse_mapping
@@ -130,7 +130,7 @@ def _matched_dataset(a: Mapping[str, np.ndarray], stars: np.ndarray, use: list[s
         tot = np.sqrt(sigma_post**2 + ref_err**2)
         z_tot = np.where(tot > 0, diff / tot, np.nan)
     SL = ("star", "label")
-    units = [LABEL_UNITS.get(lab, "") for lab in use]
+    units = [label_unit(lab) for lab in use]
     return xr.Dataset(
         {
             "ours": (SL, ours, {"long_name": f"our label ({estimate})"}),

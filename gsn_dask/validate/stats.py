@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from ..cube import LABEL_UNITS
+from ..labels import label_unit
 from .reference import _str_values
 
 #: 1.4826 x MAD is the standard deviation of a Gaussian.
@@ -121,7 +121,7 @@ def compute_stats(
         z = np.asarray(matched["z"].values[:, j], np.float64)
         z_tot = np.asarray(matched["z_tot"].values[:, j], np.float64)
         thr = float(thresholds.get(lab, np.nan))
-        unit = LABEL_UNITS.get(lab, "")
+        unit = label_unit(lab)
         for name, lo, hi, m in bins:
             st = _label_stats(diff[m], thr)
             cs = _calib_stats(diff[m], ref[m], p16[m], p84[m], z[m], z_tot[m])
