@@ -86,19 +86,53 @@ class _Sigmoid(torch.autograd.Function):
         return g * y * (1.0 - y)
 
 
+def _silu(x: torch.Tensor) -> torch.Tensor:
+    if x.requires_grad:  # training: the custom gradient; inference: no autograd overhead per call
+        return _SiLU.apply(x)
+    return x / (1.0 + torch.exp(-x))
+
+
+def _sigmoid(x: torch.Tensor) -> torch.Tensor:
+    if x.requires_grad:
+        return _Sigmoid.apply(x)
+    return 1.0 / (1.0 + torch.exp(-x))
+
+
 #: Activations written as the numpy ones of :mod:`gsn_dask.emulator` (same rounding order), so
 #: training, torch inference and the batched fit run one forward pass.
 _TORCH_ACT = {
-    "silu": _SiLU.apply,
+    "silu": _silu,
     "tanh": torch.tanh,
     "leaky_relu": lambda x: torch.where(x >= 0, x, x * 0.01),
     "relu": lambda x: torch.clamp_min(x, 0.0),
     "softplus": lambda x: torch.where(x > 20, x, torch.log1p(torch.exp(torch.clamp_max(x, 20.0)))),
-    "sigmoid": _Sigmoid.apply,
+    "sigmoid": _sigmoid,
 }
 
 
 # ------------------------------------------------------------------------ network
+def dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, n_blocks: int = 1) -> torch.Tensor:
+    """``x @ weight + bias`` (weight (n_in, n_out)); block-diagonal (weight = blocks (m, a, b)):
+    (m, R, a) @ (m, a, b), one batched product."""
+    if n_blocks == 1:
+        return x @ weight + bias
+    m, a, b = weight.shape
+    y = torch.bmm(x.reshape(-1, m, a).transpose(0, 1), weight).transpose(0, 1).reshape(-1, m * b)
+    return y + bias
+
+
+def hidden_stack(x: torch.Tensor, layers: Sequence[tuple[torch.Tensor, torch.Tensor, int]],
+                 act: Any, dropout: float = 0.0) -> torch.Tensor:
+    """The GSN's hidden layers: ``act(dense(x, W, b))`` per layer (dropout after each activation
+    while training). :meth:`GSNNet.hidden_forward` and the batched fit's emulator
+    (:mod:`gsn_dask.fit.torch.emulator`, with the layer list held once) both run it."""
+    for W, b, m in layers:
+        x = act(dense(x, W, b, m))
+        if dropout > 0:
+            x = F.dropout(x, dropout, True)
+    return x
+
+
 class DenseLayer(nn.Module):
     """``x @ weight + bias`` with ``weight`` (n_in, n_out), the numpy GSN's layout (so every
     torch pass multiplies the same contiguous matrix as the saved model); or a block-diagonal
@@ -121,11 +155,7 @@ class DenseLayer(nn.Module):
         self.n_blocks = m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.n_blocks == 1:
-            return x @ self.weight + self.bias
-        m, a, b = self.weight.shape  # (m, R, a) @ (m, a, b), one batched product
-        y = torch.bmm(x.reshape(-1, m, a).transpose(0, 1), self.weight).transpose(0, 1).reshape(-1, m * b)
-        return y + self.bias
+        return dense(x, self.weight, self.bias, self.n_blocks)
 
     def dense_weight(self) -> torch.Tensor:
         """The (n_in, n_out) matrix (block-diagonal for an ensemble layer)."""
@@ -161,13 +191,13 @@ class GSNNet(nn.Module):
         self._act = _TORCH_ACT[activation]
         self.dropout = float(dropout)
 
+    def hidden_params(self) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+        """(weight, bias, n_blocks) of the hidden layers (the parameters themselves, not copies)."""
+        return [(lin.weight, lin.bias, lin.n_blocks) for lin in self.layers]
+
     def hidden_forward(self, x: torch.Tensor) -> torch.Tensor:
         """(R, n_label) scaled labels -> (R, n_hidden) last hidden layer."""
-        for lin in self.layers:
-            x = self._act(lin(x))
-            if self.dropout > 0:
-                x = F.dropout(x, self.dropout, self.training)
-        return x
+        return hidden_stack(x, self.hidden_params(), self._act, self.dropout if self.training else 0.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(R, n_label) scaled labels -> (R, n_pix) spectra: ``addmm(b_out, h, W_out)``."""

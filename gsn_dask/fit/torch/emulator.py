@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...emulator_torch import net_from_gsn, resolve_device
+from ...emulator_torch import hidden_stack, net_from_gsn, resolve_device
 
 Tensor = torch.Tensor
 
@@ -38,6 +38,8 @@ class TorchEmulator:
         self.t_span = torch.tensor(tb[:, 1] - tb[:, 0], dtype=torch.float64, device=dev)
         self.W_out = self.net.out.weight
         self.b_out = self.net.out.bias
+        self._layers = self.net.hidden_params()  # held once: no module lookups per call
+        self._act = self.net._act
         self.n_hidden = int(self.W_out.shape[0])
         self.n_pix = int(self.W_out.shape[1])
         self.widths = [int(lin.bias.shape[0]) for lin in self.net.layers]
@@ -54,12 +56,12 @@ class TorchEmulator:
         return (-0.5 + (t - self.t_lo) / self.t_span * 1.0).to(self.dtype)
 
     def hidden(self, labels: Tensor) -> Tensor:
-        """(R, n_label) -> (R, n_hidden) last hidden layer."""
-        return self.net.hidden_forward(self.scale(labels))
+        """(R, n_label) -> (R, n_hidden) last hidden layer (:meth:`GSNNet.hidden_forward`)."""
+        return hidden_stack(self.scale(labels), self._layers, self._act)
 
     def predict(self, labels: Tensor) -> Tensor:
-        """(R, n_label) float64 labels -> (R, n_pix) spectra (emulator dtype)."""
-        return self.net(self.scale(labels))
+        """(R, n_label) float64 labels -> (R, n_pix) spectra (emulator dtype), as :meth:`GSNNet.forward`."""
+        return torch.addmm(self.b_out, self.hidden(labels), self.W_out)
 
     def coarse_set(self, n: int) -> tuple[Tensor, Tensor, Tensor]:
         """(labels (n, L) float64, spectra - 1 (n, n_pix), squares) at n scrambled-Sobol points
