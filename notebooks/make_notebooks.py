@@ -10,17 +10,18 @@ def nb(cells):
     n = nbf.v4.new_notebook()
     n.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     n.cells = [nbf.v4.new_markdown_cell(c[1:]) if c.startswith("#") and c[1] == "#" else nbf.v4.new_code_cell(c) for c in cells]
+    for i, cell in enumerate(n.cells):  # fixed ids: regenerating an unchanged notebook changes nothing
+        cell.id = f"cell-{i:02d}"
     return n
 
 quick = [
 "## gsn-dask quickstart: the demo's results with xarray\n\nRun `gsn-dask demo` first (or set `GSN_DEMO_DIR` to another demo output folder). "
 "This notebook opens the results cube, draws a Kiel diagram, looks at posterior widths against S/N, "
 "plots one spectrum with its best-fit model, and a corner plot of one star's posterior draws.",
-"""import os
+"""%matplotlib inline
+import os
 from pathlib import Path
 
-import matplotlib
-matplotlib.use("Agg")  # headless-safe; notebooks front-ends still show inline figures
 import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr

@@ -24,7 +24,7 @@ def demo_dir(tmp_path_factory, tiny_model_dir, tiny_cube_path, tiny_fit_config) 
     return d
 
 
-def _run(nb_path: Path, env: dict[str, str]) -> None:
+def _run(nb_path: Path, env: dict[str, str]) -> list[dict]:
     import nbformat
     from nbclient import NotebookClient
 
@@ -39,13 +39,19 @@ def _run(nb_path: Path, env: dict[str, str]) -> None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    # every code cell ran without error (nbclient raises otherwise); the figures were produced
+    # every code cell ran without error (nbclient raises otherwise)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
+    return outputs
+
+
+def _n_figures(outputs: list[dict]) -> int:
+    return sum("image/png" in o.get("data", {}) for o in outputs)
 
 
 def test_quickstart_notebook(demo_dir):
-    _run(NOTEBOOKS / "01_quickstart.ipynb", {"GSN_DEMO_DIR": str(demo_dir), "MPLBACKEND": "Agg"})
+    outputs = _run(NOTEBOOKS / "01_quickstart.ipynb", {"GSN_DEMO_DIR": str(demo_dir)})
+    assert _n_figures(outputs) >= 4  # Kiel diagram, widths vs S/N, spectrum + fit, corner plot
 
 
 @pytest.mark.slow
