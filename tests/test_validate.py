@@ -454,3 +454,15 @@ def test_report_states_label_systematics():
     assert "teff 120" in lines[0] and "logg 0.3" in lines[0]
     table = lines[-1]
     assert "| 3000 - 5000 | 150 | 0.4 |" in table and "| 5000 - 9000 | 90 | 0.2 |" in table
+
+
+def test_public_validate_is_callable_whichever_import_came_first():
+    """``gd.validate(...)`` works although importing the package binds ``gsn_dask.validate`` to it."""
+    import sys
+
+    import gsn_dask as gd
+
+    res, cube, _ = make_set(200)
+    for fn in (gd.validate, sys.modules["gsn_dask.validate"]):
+        rep = fn(res, cube, cube=cube)
+        assert isinstance(rep, ValidationReport) and rep.settings["n_matched"] == 200

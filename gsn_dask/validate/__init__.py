@@ -22,6 +22,10 @@ Figures are drawn by :mod:`gsn_dask.plots` from the matched dataset.
 """
 from __future__ import annotations
 
+import sys
+import types
+from typing import Any
+
 from .compare import validate
 from .match import DEFAULT_RADIUS_ARCSEC, CrossMatch, cross_match, match_by_id, match_by_sky
 from .reference import (
@@ -78,3 +82,15 @@ __all__ = [
     "validate",
     "write_report",
 ]
+
+
+class _ValidatePackage(types.ModuleType):
+    """``gsn_dask.validate`` is both this package and the public function :func:`validate`
+    (``gd.validate(results, reference)``): Python binds the package to ``gsn_dask.validate`` once
+    it is imported, so the package itself calls :func:`validate`."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> ValidationReport:
+        return validate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _ValidatePackage
