@@ -176,7 +176,7 @@ def miles_cv_and_recovery(cube: Path, cfg: dict, *, invert: bool = True, save_mo
         "train_time_s": round(t_train, 1), "cv_time_s": round(rep["cv_time_s"], 1),
         "final_epochs": rep["final_epochs"], "best_epochs": [f["best_epoch"] for f in rep["folds"]],
         "grid": [float(model.wavelength[0]), float(model.wavelength[-1])],
-        **{k: rep[k] for k in rep if k.startswith(("cv_", "noise_", "emulator_error_"))},
+        **{k: rep[k] for k in rep if k.startswith(("cv_", "noise_", "emulator_error_")) and k != "cv_folds"},
     }
     if save_model is not None:
         model.save(save_model)
