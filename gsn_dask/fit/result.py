@@ -166,7 +166,7 @@ def _finite_numbers(values: Any, *, nonnegative: bool = True) -> bool:
 
 def model_label_systematics(model: Any, cfg: FitConfig) -> LabelSystematics | None:
     """The per-label systematic uncertainty recorded in the model's ``meta["label_systematics"]``
-    by training (:func:`gsn_dask.fit.systematics.estimate_label_systematics`), or None when the
+    by the calibration step after training (:mod:`gsn_dask.calibration`), or None when the
     model has none or ``cfg.label_systematics`` is off. Binned values are used when complete."""
     if not cfg.label_systematics:
         return None
