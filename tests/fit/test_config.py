@@ -79,3 +79,13 @@ def test_check_config_cuda_device_without_cuda(model):
         with pytest.raises(ConfigError, match="no CUDA device"):
             check_config(FitConfig(device="cuda"), model, "batched")
     check_config(FitConfig(device="cuda"), model, "emcee")  # the emcee path ignores the device
+
+
+def test_check_config_batched_without_torch(model, monkeypatch):
+    """Without torch the batched sampler is refused up front, with the extra to install."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
+    with pytest.raises(ConfigError, match=r"gsn-dask\[torch\]"):
+        check_config(FitConfig(), model, "batched")
+    check_config(FitConfig(), model, "emcee")
