@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 import xarray as xr
 
-from .. import __version__
+from .._version import __version__
 from ..cube import empty_results
 from ..emulator import ModelMismatchError
 from .config import SAMPLERS, FitConfig, check_config
