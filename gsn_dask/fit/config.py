@@ -22,6 +22,8 @@ S/N 30, 3 labels + rv; see ``benchmarks/results/fit.json``):
   NOT_CONVERGED). Typical: n_eff ~ 500 per parameter, all stars >= 50 tau.
 * ``n_coarse = 1024``, ``n_starts = 3``: the coarse set costs one emulator call per model
   (cached); the cross-correlation over all of it ~5 ms per star.
+* ``device = None``, ``batch_size = None`` (batched sampler only): CUDA when available, else the
+  CPU; the pool size from the free memory. A star's numbers do not depend on either.
 * ``label_systematics = True``: the posterior describes the noise and the (diagonal) emulator
   error only; on real stars the emulator's label scale has its own error, which the training
   cross-validation measures per label (``model.json`` ``label_systematics``). It is added in
