@@ -55,7 +55,7 @@ def run_one(work: Path, star: str, wmax: float, step: float, delta: float | None
     t_lists = time.perf_counter() - t0
     rec = generator.make_record(STARS[star], ctx)
     flux, _ = cube.normalise(ctx.wave_out, rec["raw"][None], cfg)
-    n_lines = sum(sum(1 for ln in open(p) if not ln.startswith("'")) for p in ctx.linelists)
+    n_lines = sum(sum(1 for ln in open(p) if not ln.startswith("'")) for seg in ctx.linelists for p in seg)
     info = {
         "star": star, "labels": STARS[star], "wmin": 3700.0, "wmax": wmax, "step": step, "delta_dex": delta,
         "n_lines": n_lines, "synth_wall_s": round(rec["synth_seconds"], 2),

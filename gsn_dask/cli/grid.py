@@ -100,13 +100,13 @@ def _register_synth(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     sy.add_argument("--out", required=True, metavar="CUBE", help="training cube to write (zarr)")
-    sy.add_argument("--n", type=int, default=None, help="design points wanted (default: the shipped count)")
+    sy.add_argument("--n", type=int, default=None, help="design points wanted (none given: the shipped count)")
     sy.add_argument("--store", default=None, metavar="DIR",
-                    help="per-spectrum store (default: $GSN_DASK_SYNTH_STORE or <user cache>/gsn-dask/synth/grid)")
+                    help="per-spectrum store (none given: $GSN_DASK_SYNTH_STORE or <user cache>/gsn-dask/synth/grid)")
     sy.add_argument("--resume", action="store_true", help="continue a build in a non-empty --store")
     sy.add_argument("--no-shipped", action="store_true", help="do not reuse the spectra shipped in the package")
     sy.add_argument("--workers", type=int, default=None,
-                    help="LocalCluster worker processes (default: synchronous, in this process)")
+                    help="LocalCluster worker processes (none given: synchronous, in this process)")
     sy.add_argument("--scheduler", default=None, metavar="ADDRESS", help="existing Dask scheduler (tcp://host:8786)")
     sy.add_argument("--batch-size", type=int, default=2, help="spectra per Dask task")
     sy.add_argument("--overwrite", action="store_true", help="replace an existing cube")
@@ -119,8 +119,8 @@ def _register_synth(sub: argparse._SubParsersAction) -> None:
         "(float16 degraded, not normalised flux; a few kB per spectrum) and update manifest.json.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    pk.add_argument("--store", default=None, metavar="DIR", help="per-spectrum store (default as for grid synth)")
-    pk.add_argument("--dest", default=None, metavar="DIR", help="shipped-grid folder (default: gsn_dask/data/synth)")
+    pk.add_argument("--store", default=None, metavar="DIR", help="per-spectrum store (none given: as for grid synth)")
+    pk.add_argument("--dest", default=None, metavar="DIR", help="shipped-grid folder (none given: gsn_dask/data/synth)")
     pk.set_defaults(func=run_synth_pack)
 
 

@@ -228,3 +228,28 @@ def test_build_synth_refuses_a_used_store_without_resume(tmp_path, fake_synthesi
         runner.build_synth(tmp_path / "b.zarr", 6, store=tmp_path / "s", config=CFG, progress=False)
     res = runner.build_synth(tmp_path / "b.zarr", 6, store=tmp_path / "s", config=CFG, resume=True, progress=False)
     assert res.n_new == 2 and len(fake_synthesis) == 6
+
+
+def test_split_synthesis_segments() -> None:
+    one = G.SynthConfig(wmin=4000.0, wmax=5000.0, step=0.05).segments()
+    assert len(one) == 1 and one[0][2] == 0.05
+    lo, hi = G.SynthConfig(wmin=4000.0, wmax=5000.0).synth_range_vacuum()
+    assert lo < 4000.0 * (1 - 2 / 1800) and hi > 5000.0 * (1 + 2 / 1800)  # room for the LSF at the ends
+    cfg = G.SynthConfig(wmin=3700.0, wmax=7400.0, step=0.05, blue_step=0.02, blue_until=4600.0)
+    (b_lo, b_hi, b_step), (r_lo, r_hi, r_step) = cfg.segments()
+    join = cfg.join_air()
+    assert join == pytest.approx(4600.0 / 1.000279, abs=0.05)  # air
+    assert (b_step, r_step) == (0.02, 0.05)
+    assert b_hi - join == pytest.approx(G.JOIN_OVERLAP_AA) and join - r_lo == pytest.approx(G.JOIN_OVERLAP_AA)
+    assert b_lo < 3700.0 and r_hi > 7400.0
+
+
+def test_depth_resampling() -> None:
+    grid = _toy_grid()
+    node = A.interpolate(grid, 5000.0, 4.0, 0.0, 0.0, n_depth=8)
+    assert node.deck.shape == (8, 5) and node.method == "node"
+    orig = grid.decks[grid.lookup[(5000.0, 4.0, 0.0, 0.0)]]
+    # resampled evenly in log tau_Ross within the node's own range: T(rhox) is unchanged
+    np.testing.assert_allclose(node.deck[:, 1], np.interp(np.log10(node.deck[:, 0]), np.log10(orig[:, 0]), orig[:, 1]),
+                               rtol=1e-6)
+    assert node.deck[0, 0] == pytest.approx(orig[0, 0]) and node.deck[-1, 0] == pytest.approx(orig[-1, 0])

@@ -152,8 +152,12 @@ def _corners(grid: KuruczGrid, point: tuple[float, ...]) -> list[tuple[int, floa
     return out
 
 
-def interpolate(grid: KuruczGrid, teff: float, logg: float, metal: float, alpha: float) -> Atmosphere:
-    """Model atmosphere at (Teff K, log g dex, [M/H] dex, [alpha/Fe] dex); see the module doc."""
+def interpolate(
+    grid: KuruczGrid, teff: float, logg: float, metal: float, alpha: float, n_depth: int | None = None
+) -> Atmosphere:
+    """Model atmosphere at (Teff K, log g dex, [M/H] dex, [alpha/Fe] dex); see the module doc.
+    ``n_depth``: layers of the result, evenly spaced in log tau_Ross (default: the grid's 72;
+    a node is returned as it is only then)."""
     a = float(np.clip(alpha, 0.0, 0.4))
     point = (float(teff), float(logg), float(metal), a)
     corners = _corners(grid, point)
@@ -162,7 +166,7 @@ def interpolate(grid: KuruczGrid, teff: float, logg: float, metal: float, alpha:
         k = int(np.argmin(np.sum(((grid.nodes - np.array(point)) / scale) ** 2, axis=1)))
         node = ", ".join(f"{v:g}" for v in grid.nodes[k])
         return Atmosphere(grid.decks[k].copy(), *point, method=f"nearest ({node})")
-    if len(corners) == 1:
+    if len(corners) == 1 and n_depth in (None, grid.decks.shape[1]):
         return Atmosphere(grid.decks[corners[0][0]].copy(), *point, method="node")
     logs = []
     for k, _ in corners:
@@ -171,12 +175,12 @@ def interpolate(grid: KuruczGrid, teff: float, logg: float, metal: float, alpha:
                                                                   np.log10(d[:, 3]), np.log10(d[:, 4])])))
     lo = max(lt[0] for lt, _ in logs)
     hi = min(lt[-1] for lt, _ in logs)
-    target = np.linspace(lo, hi, grid.decks.shape[1])
+    target = np.linspace(lo, hi, n_depth or grid.decks.shape[1])
     acc = np.zeros((target.size, 5))
     for (k, w), (lt, q) in zip(corners, logs):
         acc += w * np.column_stack([np.interp(target, lt, q[:, j]) for j in range(5)])
     deck = np.column_stack([10 ** acc[:, 0], acc[:, 1], 10 ** acc[:, 2], 10 ** acc[:, 3], 10 ** acc[:, 4]])
-    return Atmosphere(deck, *point, method="interpolated")
+    return Atmosphere(deck, *point, method="interpolated" if len(corners) > 1 else "node")
 
 
 def kurucz_text(atm: Atmosphere, vmicro_kms: float) -> str:

@@ -37,6 +37,8 @@ from .sources import ARCHIVES
 log = logging.getLogger(__name__)
 
 LABELS = ("teff", "logg", "feh", "alpha_fe")
+#: each run of a split synthesis extends this far (A) past the join, so lines near it are in both
+JOIN_OVERLAP_AA = 10.0
 GENERATOR_VERSION = 1
 
 
@@ -44,14 +46,19 @@ GENERATOR_VERSION = 1
 class SynthConfig:
     """Synthesis settings (part of every spectrum's key).
 
-    ``wmin``/``wmax``: cube range, vacuum A; ``step``: Turbospectrum wavelength step (A);
+    ``wmin``/``wmax``: cube range, vacuum A; ``step``: Turbospectrum wavelength step (A), and
+    ``blue_step`` below ``blue_until`` (vacuum A; two runs joined there with :data:`JOIN_OVERLAP_AA`
+    of overlap; None = one run at ``step``): the blue is crowded with lines and needs a finer step;
     ``prune_dex``: line-strength cut of :func:`linelists.prune` (None = all lines);
+    ``n_depth``: atmosphere layers (evenly in log tau_Ross; the Kurucz decks have 72);
     microturbulence ``vmicro = clip(vmic_a + vmic_b * logg, vmic_min, vmic_max)`` km/s
     (default 2.478 - 0.325 log g, the APOGEE DR13 giant relation, clipped to 0.5..3)."""
 
     wmin: float = 3700.0
     wmax: float = 9100.0
     step: float = 0.05
+    blue_step: float | None = None
+    blue_until: float = 4600.0
     prune_dex: float | None = None
     r_target: float = 1800.0
     snr_nominal: float = 100.0
@@ -59,6 +66,7 @@ class SynthConfig:
     vmic_b: float = -0.325
     vmic_min: float = 0.5
     vmic_max: float = 3.0
+    n_depth: int = 72
 
     def vmicro(self, logg: float) -> float:
         return float(np.clip(self.vmic_a + self.vmic_b * logg, self.vmic_min, self.vmic_max))
@@ -69,6 +77,17 @@ class SynthConfig:
     def synth_range_vacuum(self) -> tuple[float, float]:
         """Synthesis range (vacuum A): the cube range plus 3 target FWHM at each end."""
         return self.wmin * (1.0 - 3.0 / self.r_target), self.wmax * (1.0 + 3.0 / self.r_target)
+
+    def segments(self) -> list[tuple[float, float, float]]:
+        """Turbospectrum runs as ``(lo, hi, step)``, air A (with the overlap at a join)."""
+        lo, hi = (float(x) for x in P.vacuum_to_air(np.array(self.synth_range_vacuum())))
+        if self.blue_step is None or not lo < float(P.vacuum_to_air(np.array(self.blue_until))) < hi:
+            return [(lo, hi, self.step)]
+        join = float(P.vacuum_to_air(np.array(self.blue_until)))
+        return [(lo, join + JOIN_OVERLAP_AA, self.blue_step), (join - JOIN_OVERLAP_AA, hi, self.step)]
+
+    def join_air(self) -> float:
+        return float(P.vacuum_to_air(np.array(self.blue_until)))
 
     def grid(self) -> np.ndarray:
         """The cube's LAMOST pixels (vacuum A)."""
@@ -96,7 +115,7 @@ class Context:
     """What a worker needs once per batch: the built Turbospectrum, the line lists, the grid."""
 
     inst: turbospectrum.Installation
-    linelists: list[Path]
+    linelists: list[list[Path]]  # per segment
     atm_grid: atmospheres.KuruczGrid
     config: SynthConfig
     wave_out: np.ndarray
@@ -104,10 +123,10 @@ class Context:
     @classmethod
     def create(cls, config: SynthConfig, cache_dir: str | Path | None = None) -> Context:
         inst = turbospectrum.build(cache_dir)
-        lo, hi = config.synth_range_vacuum()
-        lo_air, hi_air = (float(x) for x in P.vacuum_to_air(np.array([lo, hi])))
-        paths, counts = linelists.prepared_linelists(inst.ges_linelist, lo_air, hi_air, config.prune_dex, cache_dir)
-        lists = [p for p in paths if counts.get(p.name, 0) > 0] + [inst.data / turbospectrum.HLINE_FILE]
+        lists = []
+        for lo_air, hi_air, _ in config.segments():
+            paths, counts = linelists.prepared_linelists(inst.ges_linelist, lo_air, hi_air, config.prune_dex, cache_dir)
+            lists.append([p for p in paths if counts.get(p.name, 0) > 0] + [inst.data / turbospectrum.HLINE_FILE])
         grid = atmospheres.load_grid(None if cache_dir is None else str(cache_dir))
         return cls(inst, lists, grid, config, config.grid())
 
@@ -116,13 +135,18 @@ def synthesise(labels: Mapping[str, float], ctx: Context) -> tuple[np.ndarray, n
     """Turbospectrum spectrum at ``labels``: ``(wave_vacuum A, flux erg/s/cm^2/A, atmosphere method)``."""
     cfg = ctx.config
     teff, logg, feh, alpha = (float(labels[k]) for k in LABELS)
-    atm = atmospheres.interpolate(ctx.atm_grid, teff, logg, feh, alpha)
+    atm = atmospheres.interpolate(ctx.atm_grid, teff, logg, feh, alpha, cfg.n_depth)
     vmic = cfg.vmicro(logg)
-    lo, hi = cfg.synth_range_vacuum()
-    lo_air, hi_air = (float(x) for x in P.vacuum_to_air(np.array([lo, hi])))
-    req = turbospectrum.SynthRequest(lo_air, hi_air, cfg.step, feh, alpha, vmic)
-    wave_air, flux, _ = turbospectrum.run(ctx.inst, atmospheres.kurucz_text(atm, vmic), req, ctx.linelists)
-    return P.air_to_vacuum(wave_air), flux, atm.method
+    model = atmospheres.kurucz_text(atm, vmic)
+    segs = [(turbospectrum.SynthRequest(lo, hi, step, feh, alpha, vmic), lists)
+            for (lo, hi, step), lists in zip(cfg.segments(), ctx.linelists)]
+    runs = turbospectrum.run(ctx.inst, model, segs)
+    waves, fluxes = [w for w, _, _ in runs], [f for _, f, _ in runs]
+    if len(waves) == 2:  # join: the blue run below the join, the red run from it on
+        join = cfg.join_air()
+        kb, kr = waves[0] < join, waves[1] >= join
+        waves, fluxes = [waves[0][kb], waves[1][kr]], [fluxes[0][kb], fluxes[1][kr]]
+    return P.air_to_vacuum(np.concatenate(waves)), np.concatenate(fluxes), atm.method
 
 
 def degrade(wave_vac: np.ndarray, flux: np.ndarray, ctx: Context, star: str = "synth") -> np.ndarray:

@@ -26,7 +26,7 @@ from .generator import SynthConfig, finished_keys, load_record, record_path, spe
 log = logging.getLogger(__name__)
 
 #: the settings of the shipped grid (chosen by benchmarks/synth_cost.py; see the README)
-DEFAULT_CONFIG = SynthConfig(wmin=3700.0, wmax=9100.0, step=0.03, prune_dex=4.0)
+DEFAULT_CONFIG = SynthConfig(wmin=3700.0, wmax=7400.0, step=0.05, blue_step=0.02, blue_until=4600.0, n_depth=48)
 
 
 @dataclasses.dataclass

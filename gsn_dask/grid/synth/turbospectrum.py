@@ -182,13 +182,14 @@ def bsyn_input(req: SynthRequest, model: str, opac: str, result: str, linelists:
 def run(
     inst: Installation,
     model_text: str,
-    req: SynthRequest,
-    linelists: Sequence[str | Path],
+    segments: Sequence[tuple[SynthRequest, Sequence[str | Path]]],
     *,
     workdir: str | Path | None = None,
     timeout_s: float = 1800.0,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Synthesise one spectrum. Returns ``(wave_air, flux, flux_normalised)`` (A, erg/s/cm^2/A, 1).
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Synthesise one star: ``babsma_lu`` once over all ``segments`` (continuous opacities, 1 A
+    steps), then ``bsyn_lu`` per ``(request, line lists)``. Returns per segment
+    ``(wave_air, flux, flux_normalised)`` (A, erg/s/cm^2/A, 1).
 
     ``model_text``: the atmosphere as a Kurucz (ATLAS9) deck. Raises :class:`RuntimeError` with
     the program's last output if Turbospectrum fails or writes no spectrum."""
@@ -196,21 +197,31 @@ def run(
     try:
         (tmp / "DATA").symlink_to(inst.data)
         (tmp / "model.atm").write_text(model_text)
-        steps = (
-            (inst.babsma, babsma_input(req, "model.atm", "model.opac")),
-            (inst.bsyn, bsyn_input(req, "model.atm", "model.opac", "spec.out", [str(p) for p in linelists])),
-        )
-        for exe, stdin in steps:
-            proc = subprocess.run([str(exe)], input=stdin, cwd=tmp, capture_output=True, text=True, timeout=timeout_s)
-            if proc.returncode != 0:
-                tail = (proc.stdout[-600:] + proc.stderr[-600:]).strip()
-                raise RuntimeError(f"{exe.name} failed (exit {proc.returncode}): {tail}")
-        out = tmp / "spec.out"
-        if not out.is_file() or out.stat().st_size == 0:
-            raise RuntimeError(f"bsyn_lu wrote no spectrum: {proc.stdout[-600:].strip()}")
-        arr = np.loadtxt(out, usecols=(0, 1, 2), dtype=np.float64, ndmin=2)
+        reqs = [r for r, _ in segments]
+        whole = dataclasses.replace(reqs[0], wmin_air=min(r.wmin_air for r in reqs),
+                                    wmax_air=max(r.wmax_air for r in reqs))
+        _call(inst.babsma, babsma_input(whole, "model.atm", "model.opac"), tmp, timeout_s)
+        out = []
+        for i, (req, lists) in enumerate(segments):
+            result = f"spec{i}.out"
+            log_tail = _call(inst.bsyn, bsyn_input(req, "model.atm", "model.opac", result, [str(p) for p in lists]),
+                             tmp, timeout_s)
+            path = tmp / result
+            if not path.is_file() or path.stat().st_size == 0:
+                raise RuntimeError(f"bsyn_lu wrote no spectrum: {log_tail}")
+            arr = np.loadtxt(path, usecols=(0, 1, 2), dtype=np.float64, ndmin=2)
+            if not np.all(np.isfinite(arr)):
+                raise RuntimeError("Turbospectrum returned non-finite flux")
+            out.append((arr[:, 0], arr[:, 2], arr[:, 1]))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    if not np.all(np.isfinite(arr)):
-        raise RuntimeError("Turbospectrum returned non-finite flux")
-    return arr[:, 0], arr[:, 2], arr[:, 1]
+    return out
+
+
+def _call(exe: Path, stdin: str, cwd: Path, timeout_s: float) -> str:
+    """Run one Turbospectrum program; returns the tail of its output, raises if it fails."""
+    proc = subprocess.run([str(exe)], input=stdin, cwd=cwd, capture_output=True, text=True, timeout=timeout_s)
+    tail = (proc.stdout[-600:] + proc.stderr[-600:]).strip()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{exe.name} failed (exit {proc.returncode}): {tail}")
+    return tail
