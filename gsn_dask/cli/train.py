@@ -101,6 +101,9 @@ def recipe_from_args(args: argparse.Namespace) -> TrainRecipe:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..extras import require
+
+    require("torch", "gsn-dask train")
     from ..calibration import train_and_calibrate
     from ..cube import open_spectra
     from ..emulator_data import diagnostics_figure
