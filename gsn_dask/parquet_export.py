@@ -28,8 +28,9 @@ the results attrs are in the ``gsn_dask`` key-value metadata.
 from __future__ import annotations
 
 import json
+import re
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,8 @@ from .cube import (
     RESULT_LABEL_VARS,
     RESULT_STAR_VARS,
     CubeSchemaError,
+    OutputPathError,
+    check_output_path,
     label_names,
     make_spectra,
     open_results,
@@ -56,6 +59,35 @@ _STAR_COLUMNS: dict[str, str] = {"ra": "float64", "dec": "float64", "snr": "floa
 
 
 # ----------------------------------------------------------------------------- helpers
+def is_parquet_export(path: str | Path) -> bool:
+    """True for a directory holding nothing but a gsn-dask Parquet export: ``_SUCCESS`` and
+    ``part-NNNNN.parquet`` files (and hidden temporary parts)."""
+    path = Path(path)
+    if not (path / SUCCESS_FILE).is_file():
+        return False
+    part = re.compile(r"\.?part-\d+\.parquet(\.\d+\.tmp)?")
+    return all(p.name == SUCCESS_FILE or (p.is_file() and part.fullmatch(p.name)) for p in path.iterdir())
+
+
+def check_parquet_out(out: str | Path, *, overwrite: bool, inputs: Sequence[str | Path] = ()) -> Path:
+    """The resolved output directory of a Parquet export, checked before anything is written:
+    not under a plain file, not one of ``inputs`` (nor inside one), and if it exists, replaced
+    only with ``overwrite`` and only if it is a Parquet export itself (never other data)."""
+    out = Path(out).expanduser().resolve()
+    check_output_path(out)
+    for inp in inputs:
+        inp = Path(inp).expanduser().resolve()
+        if out == inp or inp in out.parents:
+            raise OutputPathError(f"the output {out} must not be the input {inp} (or inside it)")
+    if out.exists():
+        if not overwrite:
+            raise FileExistsError(f"{out} exists (use overwrite=True / --overwrite)")
+        if not is_parquet_export(out):
+            raise OutputPathError(f"{out} exists and is not a Parquet export of gsn-dask: it is never replaced; "
+                                  "choose another output directory")
+    return out
+
+
 def _jsonable(obj: Any) -> Any:
     """Attrs values as JSON (numpy scalars/arrays -> Python)."""
     if isinstance(obj, Mapping):
@@ -138,11 +170,9 @@ def export_parquet(
     import pyarrow.parquet as pq
 
     ds = open_spectra(cube_path)
-    out = Path(out_dir)
+    out = check_parquet_out(out_dir, overwrite=overwrite, inputs=[cube_path])
     if out.exists():
-        if not overwrite:
-            raise FileExistsError(f"{out} exists (use overwrite=True / --overwrite)")
-        shutil.rmtree(out)
+        shutil.rmtree(out)  # a Parquet export (checked above)
     out.mkdir(parents=True)
     bounds = star_chunks(ds)
     if rows_per_file:
@@ -323,11 +353,9 @@ def write_results_parquet(
     import pyarrow.parquet as pq
 
     res = open_results(results) if not isinstance(results, xr.Dataset) else results
-    out = Path(out)
+    out = check_parquet_out(out, overwrite=overwrite, inputs=[] if isinstance(results, xr.Dataset) else [results])
     if out.exists():
-        if not overwrite:
-            raise FileExistsError(f"{out} exists (use overwrite=True)")
-        shutil.rmtree(out)
+        shutil.rmtree(out)  # a Parquet export (checked above)
     out.mkdir(parents=True)
     n = int(res.sizes["star"])
     if rows_per_file:
@@ -358,8 +386,10 @@ __all__ = [
     "META_KEY",
     "PARQUET_RESULTS_SCHEMA",
     "PARQUET_SPECTRA_SCHEMA",
+    "check_parquet_out",
     "export_parquet",
     "frame_to_spectra",
+    "is_parquet_export",
     "iter_parquet_blocks",
     "parquet_metadata",
     "read_parquet_cube",

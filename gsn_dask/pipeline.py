@@ -56,6 +56,7 @@ class RunInfo:
     started: str = ""
     wall_s: float = 0.0
     time_to_first_s: float | None = None
+    worker_cpu_s: dict[str, float] | None = None
     task_records: list[dict[str, Any]] | None = None
 
     def as_attr(self) -> str:
@@ -148,10 +149,20 @@ def run_fit(
             run.failed_chunks = sorted(failures) or None
             run.wall_s = time.perf_counter() - t_run
             run.task_records = records
+            run.worker_cpu_s = _worker_cpu(records)
             store.finish(engine, {"last_run": run.as_attr()})
     if info is not None:
         info.update(run.__dict__)
     return rs.open_store(plan.out)
+
+
+def _worker_cpu(records: list[dict[str, Any]]) -> dict[str, float]:
+    """CPU seconds of the chunk tasks per worker (``host:pid``): how evenly the work was spread."""
+    cpu: dict[str, float] = {}
+    for r in records:
+        key = f"{r['host']}:{r['pid']}"
+        cpu[key] = round(cpu.get(key, 0.0) + float(r["cpu_s"]), 2)
+    return cpu
 
 
 def _record_failure(failures: dict[int, str], index: int, exc: BaseException) -> None:

@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local[*] (default), local[N], spark://host:7077, yarn, ...; under spark-submit its --master")
     g.add_argument("--parquet", action="store_true", help="CUBE is a Parquet export (also auto-detected)")
     g.add_argument("--chunk-size", type=int, default=None, metavar="N",
-                   help="stars per task and per zarr chunk of RESULTS (default: the cube's chunk size)")
+                   help="stars per task and per zarr chunk of RESULTS (default: the cube's chunk, split into "
+                   "about 4 tasks per core when the cube has fewer chunks than that)")
     g.add_argument("--chunks-per-partition", type=int, default=1, metavar="K", help="chunks per Spark partition (1)")
     g.add_argument("--model-broadcast", choices=("bytes", "path"), default="bytes",
                    help="broadcast the model files' bytes (default) or only their path (shared storage)")

@@ -54,7 +54,7 @@ import pandas as pd
 import xarray as xr
 
 from gsn_dask import results_store as rs
-from gsn_dask.cube import OutputPathError, check_output_path
+from gsn_dask.parquet_export import check_parquet_out
 from gsn_dask.run import ChunkTask, CubeMeta, RunPlan, RunStore, zarr_cube_meta
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -349,22 +349,6 @@ def _parquet_star_ids(spark: SparkSession, path: Path) -> tuple[DataFrame, np.nd
     return pq_df, rs.as_str_array(ids["star"].to_numpy())
 
 
-def _check_results_parquet(path: str | Path | None) -> Path | None:
-    """The resolved ``results_parquet`` directory; refused (before any fit) if it lies under a
-    plain file or holds anything but a results Parquet export (which is replaced)."""
-    if path is None:
-        return None
-    out = Path(path).expanduser().resolve()
-    check_output_path(out)
-    if out.exists():
-        ours = (out / "_SUCCESS").is_file() and all(
-            p.name == "_SUCCESS" or re.fullmatch(r"\.?part-\d+\.parquet(\.\d+\.tmp)?", p.name) for p in out.iterdir())
-        if not ours:
-            raise OutputPathError(f"{out} exists and is not a results Parquet export of spark_compat: "
-                                  "choose another --results-parquet")
-    return out
-
-
 def _spark_job(plan: RunPlan, store: RunStore, sc: Any, *, model_broadcast: str, threads_per_task: int,
                fit_fn: Any) -> dict[str, Any]:
     """What every executor task gets: the run's :class:`~gsn_dask.run.ChunkJob`, the model spec
@@ -432,7 +416,7 @@ def _write_results_parquet(spark: SparkSession, store: RunStore, pq_out: Path) -
     """The results as Parquet in ``pq_out`` (replaced): each task writes its chunks' part files."""
     sc = spark.sparkContext
     if pq_out.exists():
-        shutil.rmtree(pq_out)  # a results export (checked before the fit), derived from the store
+        shutil.rmtree(pq_out)  # a Parquet export (checked before the fit), derived from the store
     pq_out.mkdir(parents=True)
     rjob = {"out": str(store.out), "results_parquet": str(pq_out)}
     n = max(1, min(len(store.tasks), sc.defaultParallelism * 4))
@@ -501,7 +485,8 @@ def fit_cube_spark(
     meta = zarr_cube_meta(cube_path) if input_format == "zarr" else _parquet_cube_meta(cube_path)
     plan = prepare_run(meta, model_dir, out, config=config, seed=seed, sampler=sampler, resume=resume,
                        overwrite=overwrite, chunk_size=chunk_size)
-    pq_out = _check_results_parquet(results_parquet)
+    pq_out = None if results_parquet is None else check_parquet_out(
+        results_parquet, overwrite=True, inputs=[cube_path, plan.out])  # only a Parquet export is replaced
     if spark is None:
         from .session import build_session
 

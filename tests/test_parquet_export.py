@@ -93,6 +93,34 @@ def test_export_refuses_existing_and_cli(tmp_path, tiny_cube_path, capsys):
     assert "list<float32>" in capsys.readouterr().out
 
 
+def test_export_never_replaces_other_data(tmp_path, tiny_cube_path, capsys):
+    """--overwrite replaces only a Parquet export: never the input cube, a spectra cube or a folder
+    of other files; an output under a plain file is one error line. Nothing is touched."""
+    import shutil
+
+    from gsn_dask.cli import main
+    from gsn_dask.parquet_export import write_results_parquet
+
+    cube = tmp_path / "cube.zarr"
+    shutil.copytree(tiny_cube_path, cube)
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    plain = tmp_path / "f"
+    plain.write_text("hi")
+    before = sorted(p.relative_to(cube) for p in cube.rglob("*"))
+    for out, needle in ((cube, "must not be the input"), (other, "not a Parquet export"),
+                        (plain / "pq", "which is a file")):
+        rc = main(["export-parquet", str(cube), "--out", str(out), "--overwrite", "--no-progress"])
+        err = capsys.readouterr().err
+        assert rc == 1 and err.count("\n") == 1 and needle in err, err
+    assert sorted(p.relative_to(cube) for p in cube.rglob("*")) == before
+    assert [p.name for p in other.iterdir()] == ["keep.txt"] and plain.read_text() == "hi"
+    with pytest.raises(ValueError, match="not a Parquet export"):
+        write_results_parquet(open_spectra(cube), cube, overwrite=True)
+    assert sorted(p.relative_to(cube) for p in cube.rglob("*")) == before
+
+
 def test_results_parquet_round_trip(tmp_path):
     stars = [f"s{i}" for i in range(5)]
     res = empty_results(stars, ["teff", "logg"], n_draws=3, attrs={"engine": "serial", "seed": 4})

@@ -15,8 +15,10 @@ examples:
   gsn-dask fit cube.zarr --model model/ --out results.zarr --resume      # after Ctrl-C / a crash
   gsn-dask fit cube.zarr --model model/ --out results.zarr --prior feh=-0.3,0.4 --draws 100
 
-One task per chunk of stars reads its stars from CUBE, fits them and writes its rows into
-RESULTS (zarr) by region, then marks the chunk done; --resume refits only chunks not done.
+One task per chunk of stars (the cube's zarr chunks, split so that every worker gets about 4
+tasks) reads its stars from CUBE, fits them and writes its rows into RESULTS (zarr) by region,
+then marks the chunk done; --resume refits only chunks not done. A config that does not fit the
+model is refused before any star is fitted.
 Star seeds derive from --seed and the star id: engine, chunking and resume give the same numbers.
 Workers must see CUBE, MODEL_DIR and RESULTS at the same paths (shared filesystem).
 exit status: 0 every chunk written (individual stars may be flagged), 3 some chunks failed
