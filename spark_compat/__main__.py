@@ -35,7 +35,7 @@ def _parse_conf(items: list[str]) -> dict[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from gsn_dask.cli.fit import add_fit_options, add_io_arguments, add_store_options
+    from gsn_dask.cli.fit_options import add_fit_options, add_io_arguments, add_store_options
 
     parser = argparse.ArgumentParser(
         prog="python -m spark_compat",
@@ -87,7 +87,7 @@ def run_fit(args: argparse.Namespace) -> int:
     """``fit``: check the run, start Spark (unless this process already runs a session, which
     is then used and left running), fit, print the summary; exit status as in the epilog."""
     from gsn_dask import results_store as rs
-    from gsn_dask.cli.fit import build_config
+    from gsn_dask.cli.fit_options import build_config
 
     from .runner import fit_cube_spark
 
