@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from . import __version__
+from ._version import __version__
 from .cube import make_spectra, write_spectra
 
 C_KMS = 299792.458

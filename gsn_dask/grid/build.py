@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from .. import __version__
+from .._version import __version__
 from ..cube import DEFAULT_CHUNK_SIZE, _now, log_lambda_grid, make_spectra, open_spectra, write_spectra
 from . import prepare as P
 

@@ -746,7 +746,7 @@ _RETRY_EXC = (
 
 def _user_agent() -> str:
     try:
-        from .. import __version__
+        from .._version import __version__
     except Exception:  # noqa: BLE001
         __version__ = "?"
     return f"gsn-dask/{__version__} (PHOENIX grid downloader; python-urllib)"

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ... import __version__
+from ..._version import __version__
 from ...cube import _now, make_spectra, write_spectra
 from ..build import SourceSpectrum, prepare_batch
 from .generator import LABELS, SynthConfig, load_record
