@@ -331,6 +331,19 @@ def _partition_keys(spark: SparkSession, chunks: Sequence[int], n_parts: int) ->
     return {int(c): key_of_part.get(i % n_parts, i % n_parts) for i, c in enumerate(chunks)}
 
 
+def _check_options(cube_path: Path, input_format: str, model_broadcast: str, chunks_per_partition: int) -> str:
+    """Refuse bad Spark runner options; returns the input format (``"auto"`` detected)."""
+    if model_broadcast not in ("bytes", "path"):
+        raise ValueError(f"model_broadcast must be 'bytes' or 'path', got {model_broadcast!r}")
+    if chunks_per_partition < 1:
+        raise ValueError(f"chunks_per_partition must be >= 1, got {chunks_per_partition}")
+    if input_format == "auto":
+        input_format = "parquet" if is_parquet_input(cube_path) else "zarr"
+    if input_format not in ("zarr", "parquet"):
+        raise ValueError(f"input_format must be 'auto', 'zarr' or 'parquet', got {input_format!r}")
+    return input_format
+
+
 def _parquet_cube_meta(path: Path) -> CubeMeta:
     """:class:`~gsn_dask.run.CubeMeta` of a Parquet export (star ids are read later, by Spark)."""
     from gsn_dask.parquet_export import parquet_metadata
@@ -473,15 +486,8 @@ def fit_cube_spark(
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {"startup": 0.0}
-    if model_broadcast not in ("bytes", "path"):
-        raise ValueError(f"model_broadcast must be 'bytes' or 'path', got {model_broadcast!r}")
-    if chunks_per_partition < 1:
-        raise ValueError(f"chunks_per_partition must be >= 1, got {chunks_per_partition}")
     cube_path = Path(cube).expanduser().resolve()
-    if input_format == "auto":
-        input_format = "parquet" if is_parquet_input(cube_path) else "zarr"
-    if input_format not in ("zarr", "parquet"):
-        raise ValueError(f"input_format must be 'auto', 'zarr' or 'parquet', got {input_format!r}")
+    input_format = _check_options(cube_path, input_format, model_broadcast, chunks_per_partition)
     meta = zarr_cube_meta(cube_path) if input_format == "zarr" else _parquet_cube_meta(cube_path)
     plan = prepare_run(meta, model_dir, out, config=config, seed=seed, sampler=sampler, resume=resume,
                        overwrite=overwrite, chunk_size=chunk_size)
@@ -501,7 +507,8 @@ def fit_cube_spark(
         pq_df, stars = _parquet_star_ids(spark, cube_path)
         plan = plan.with_stars(stars)
     started = rs.utc_now()
-    with open_run(plan, n_slots=int(sc.defaultParallelism), engine=ENGINE, force_unlock=force_unlock,
+    n_slots = max(1, int(sc.defaultParallelism) // max(1, int(threads_per_task)))  # tasks running at once
+    with open_run(plan, n_slots=n_slots, engine=ENGINE, force_unlock=force_unlock,
                   note=f"spark_compat fit ({sc.master})") as store:
         timings["plan"] = time.perf_counter() - t_plan
         job = _spark_job(plan, store, sc, model_broadcast=model_broadcast, threads_per_task=threads_per_task,
