@@ -132,3 +132,15 @@ def test_readme_example_without_torch_or_spark():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+def test_demo_lamost_without_a_folder_uses_the_shipped_sample():
+    from gsn_dask.cli import build_parser
+    from gsn_dask.cli.demo import lamost_inputs
+    from gsn_dask.io.sample import sample_dir, sample_labels
+
+    args = build_parser().parse_args(["demo", "--lamost"])
+    assert lamost_inputs(args.lamost, args.labels) == (str(sample_dir()), str(sample_labels()))
+    args = build_parser().parse_args(["demo", "--lamost", "/data/dr5", "--labels", "x.csv"])
+    assert lamost_inputs(args.lamost, args.labels) == ("/data/dr5", "x.csv")
+    assert lamost_inputs(None, None) == (None, None)
