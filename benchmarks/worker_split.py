@@ -8,7 +8,8 @@ worker, :func:`gsn_dask.run.task_chunk_size`).
 Each run is the command line a user types (``python -m gsn_dask fit ... --workers 2``, its own
 LocalCluster, start-up included), timed from outside; the runs alternate (one task, split, one
 task, split, ...) so that a change in the machine's load hits both alike. The load average
-(``os.getloadavg``) is recorded before and after every run, and the numbers of the two runs are
+(``os.getloadavg``) is recorded before and after every run, and before it the cores that
+``--workers`` busy processes actually get (:func:`available_cores`), and the numbers of the two runs are
 checked to be identical (a star's seed depends on the run seed and its id, not the chunking).
 ``cores_used`` = CPU seconds of the command and its worker processes / wall time: about 1 for
 one task, about 2 when both workers are busy (less when other work shares the machine);
@@ -29,8 +30,30 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+
+def _spin(seconds: float, out: Any) -> None:
+    t0, c0 = time.perf_counter(), time.process_time()
+    while time.perf_counter() - t0 < seconds:
+        pass
+    out.put(time.process_time() - c0)
+
+
+def available_cores(n: int, seconds: float = 2.0) -> float:
+    """Cores that ``n`` busy processes get right now (``n`` on an idle machine): CPU seconds of
+    ``n`` spinning processes / wall seconds. A measure of the load that matters here."""
+    import multiprocessing as mp
+
+    q: Any = mp.Queue()
+    procs = [mp.Process(target=_spin, args=(seconds, q)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    return round(sum(q.get() for _ in procs) / seconds, 2)
 
 
 def fit_once(cube: Path, model: Path, out: Path, workers: int, chunk_size: int | None, extra: list[str]) -> dict:
@@ -40,6 +63,7 @@ def fit_once(cube: Path, model: Path, out: Path, workers: int, chunk_size: int |
            "--workers", str(workers), "--no-progress", *extra]
     if chunk_size is not None:
         cmd += ["--chunk-size", str(chunk_size)]
+    cores = available_cores(workers)
     load0 = os.getloadavg()
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
@@ -52,7 +76,7 @@ def fit_once(cube: Path, model: Path, out: Path, workers: int, chunk_size: int |
     meta = json.loads((out / "zarr.json").read_text())["attributes"]
     last = json.loads(meta["last_run"])
     return {"wall_s": round(wall, 2), "run_wall_s": round(float(last["wall_s"]), 2), "cpu_s": round(cpu, 1),
-            "cores_used": round(cpu / wall, 2), "worker_cpu_s": last.get("worker_cpu_s"),
+            "cores_used": round(cpu / wall, 2), "cores_available_before": cores, "worker_cpu_s": last.get("worker_cpu_s"),
             "busiest_worker_cpu_s": max((last.get("worker_cpu_s") or {"-": 0.0}).values()),
             "n_tasks": int(last["n_chunks"]),
             "chunk_size": int(meta["chunk_size"]), "n_workers": last["n_workers"],
@@ -90,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                 runs[name].append(rec)
                 print(f"{name:9s} {rec['n_tasks']:3d} tasks  wall {rec['wall_s']:7.1f} s  "
                       f"(run {rec['run_wall_s']:.1f} s)  cpu {rec['cpu_s']:.0f} s = {rec['cores_used']:.2f} cores  "
-                      f"load {rec['load_before'][0]:.1f} -> {rec['load_after'][0]:.1f}")
+                      f"load {rec['load_before'][0]:.1f} -> {rec['load_after'][0]:.1f}  "
+                      f"({rec['cores_available_before']:.2f} of {args.workers} cores free before)")
         a, b = numbers(outs["one_task"]), numbers(outs["split"])
         identical = all(np.array_equal(a[k], b[k], equal_nan=k != "flag") for k in a)
     one = min(r["wall_s"] for r in runs["one_task"])

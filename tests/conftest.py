@@ -8,6 +8,8 @@
   stars: all-NaN flux, all-zero ivar, and only 40 usable pixels. Its grid extends the model's
   by 25 pixels on each side (so the fit must cut the model's pixel slice).
 * ``tiny_fit_config``: a FitConfig with very short chains for runner tests.
+* ``fault_fns``: the module ``tests/fit_faults.py`` (slow / failing ``fit_fn`` callables),
+  registered with cloudpickle so Dask and Spark workers receive them by value.
 
 All session-scoped: built once per test session under pytest's tmp dir.
 """
