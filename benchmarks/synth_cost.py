@@ -102,7 +102,8 @@ def main() -> None:
                         for r in [run_one(args.work, s, {"prune_dex": d})]]
     if "step" in args.phases:
         ref = run_one(args.work, "sun", {"step": 0.01, "n_depth": 48})
-        variants = [{"step": 0.05, "n_depth": 48}, {"step": 0.03, "n_depth": 48}, {"step": 0.02, "n_depth": 48},
+        variants = [{"step": 0.05, "n_depth": 48}, {"step": 0.04, "n_depth": 48}, {"step": 0.03, "n_depth": 48},
+                    {"step": 0.02, "n_depth": 48},
                     {"step": 0.05, "blue_step": 0.02, "n_depth": 48}, {"step": 0.05, "blue_step": 0.02, "n_depth": 32}]
         out["step"] = {"reference": _row(ref), "runs": [_row(r, vs_reference=compare(r, ref)) for v in variants
                                                          for r in [run_one(args.work, "sun", v)]]}
