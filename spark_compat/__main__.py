@@ -91,6 +91,9 @@ def run_fit(args: argparse.Namespace) -> int:
 
     from .runner import fit_cube_spark
 
+    from gsn_dask.extras import require
+
+    require("pyspark", "python -m spark_compat")
     config = build_config(args)  # the same options -> the same FitConfig as `gsn-dask fit`
     conf = _parse_conf(args.conf)
     from pyspark.sql import SparkSession

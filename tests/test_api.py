@@ -144,3 +144,18 @@ def test_demo_lamost_without_a_folder_uses_the_shipped_sample():
     args = build_parser().parse_args(["demo", "--lamost", "/data/dr5", "--labels", "x.csv"])
     assert lamost_inputs(args.lamost, args.labels) == ("/data/dr5", "x.csv")
     assert lamost_inputs(None, None) == (None, None)
+
+
+@pytest.mark.parametrize("argv, extra", [
+    (["-m", "spark_compat", "fit", "c.zarr", "--out", "r.zarr"], "spark"),
+    (["-m", "gsn_dask", "export-parquet", "c.zarr", "--out", "pq"], "spark"),
+    (["-m", "gsn_dask", "train", "c.zarr", "--out", "m"], "torch"),
+])
+def test_missing_extra_is_one_line(argv, extra, tmp_path):
+    """Without the extra (torch, pyspark, pyarrow unimportable) a command says which extra to install."""
+    mod, rest = argv[1], argv[2:]
+    code = BLOCK + f"import runpy; sys.argv = ['x'] + {rest!r}; runpy.run_module({mod!r}, run_name='__main__', alter_sys=True)\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 1, out.stderr
+    lines = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and f"gsn-dask[{extra}]" in lines[0], out.stderr

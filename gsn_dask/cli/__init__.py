@@ -8,6 +8,7 @@ import logging
 import sys
 
 from .._version import __version__
+from ..extras import MissingExtraError
 
 #: subcommand modules, in the order shown by --help
 SUBCOMMANDS = ("ingest", "grid", "train", "fit", "validate", "diagnose", "simulate", "demo", "export_parquet")
@@ -77,7 +78,7 @@ def run_cli(
         if interrupted:
             print(interrupted, file=sys.stderr)
         return 130
-    except (OSError, ValueError) as exc:  # incl. StoreLockedError, ModelMismatchError, ConfigError
+    except (OSError, ValueError, MissingExtraError) as exc:  # incl. StoreLockedError, ModelMismatchError, ConfigError
         if args.verbose >= 2:
             raise
         print(f"{name or parser.prog} {args.command}: error: {error_message(exc)}", file=sys.stderr)

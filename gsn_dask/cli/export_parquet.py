@@ -26,6 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..extras import require
+
+    require("pyarrow", "gsn-dask export-parquet")
     from ..parquet_export import export_parquet, parquet_metadata
 
     out = export_parquet(

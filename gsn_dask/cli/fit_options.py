@@ -9,11 +9,21 @@ from pathlib import Path
 from typing import Any
 
 
+
+def _model_dir(value: str | None) -> str:
+    """``--model`` as given, or the model directory shipped with the package."""
+    if value:
+        return value
+    from pathlib import Path
+
+    return str(Path(__file__).resolve().parents[1] / "data" / "model")
+
 def add_io_arguments(parser: argparse.ArgumentParser, *, cube_help: str) -> None:
     """``CUBE``, ``--model MODEL_DIR`` and ``--out RESULTS`` of ``gsn-dask fit`` and
     ``python -m spark_compat fit``."""
     parser.add_argument("cube", metavar="CUBE", help=cube_help)
-    parser.add_argument("--model", required=True, metavar="MODEL_DIR", help="trained GSN model directory")
+    parser.add_argument("--model", type=_model_dir, default=_model_dir(None), metavar="MODEL_DIR",
+                        help="trained GSN model directory (default: the MILES GSN shipped with the package)")
     parser.add_argument("--out", required=True, metavar="RESULTS", help="results cube to write (zarr directory)")
 
 
