@@ -22,8 +22,8 @@ import numpy as np
 from scipy.stats import truncnorm
 
 from .config import FitConfig, check_config
-from .posterior import SpectrumPosterior
-from .result import FitResult, few_pixels, input_problem, model_label_systematics, result_flags, widen_intervals
+from .posterior import star_posterior
+from .result import FitResult, model_label_systematics, result_flags, widen_intervals
 from .seeds import generator
 from .start import find_map
 from .threads import blas_threads
@@ -56,16 +56,9 @@ def fit_map(model: Any, flux: np.ndarray, ivar: np.ndarray, *, config: FitConfig
     """The MAP + Laplace result of one normalised spectrum on ``model.wavelength`` (module doc).
     Never raises for bad data (a NOT_FITTED result with the reason)."""
     L = len(model.label_names)
-    flux = np.asarray(flux, dtype=np.float64).reshape(-1)
-    ivar = np.asarray(ivar, dtype=np.float64).reshape(-1)
-    problem = input_problem(flux, ivar, int(np.asarray(model.wavelength).size))
-    if problem is not None:
-        return FitResult.not_fitted(L, f"bad input: {problem}", snr=float(snr), seed=int(seed))
-    post = SpectrumPosterior(model, flux, ivar, config, priors=priors)
-    snr_used = float(snr) if np.isfinite(snr) else post.snr_median
-    few = few_pixels(L, post.n_good, snr_used, config, seed=int(seed))
-    if few is not None:
-        return few
+    post, not_fitted, snr_used = star_posterior(model, flux, ivar, config, seed=seed, snr=snr, priors=priors)
+    if post is None:
+        return not_fitted
     mres = find_map(post, n_coarse=config.n_coarse, n_starts=config.map_n_starts)
     theta, cov = np.asarray(mres.theta, float), np.asarray(mres.cov, float)
     sigma = np.sqrt(np.diag(cov))

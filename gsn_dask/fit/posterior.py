@@ -344,5 +344,26 @@ class SpectrumPosterior:
         }
 
 
-__all__ = ["C_KMS", "EmulatorLike", "SpectrumPosterior", "log10_step", "merged_priors", "pixel_weights",
+def star_posterior(model: EmulatorLike, flux: np.ndarray, ivar: np.ndarray, config: FitConfig, *, seed: int,
+                   snr: float, priors: Mapping[str, tuple[float, float]] | None
+                   ) -> tuple[SpectrumPosterior | None, Any, float]:
+    """The per-star start every numpy strategy shares: ``(posterior, None, snr_used)`` for a
+    spectrum that can be fitted, ``(None, not-fitted FitResult, snr)`` for one that cannot (bad
+    input, fewer than ``min_good_pixels`` usable pixels). ``snr_used``: ``snr`` or, if NaN, the
+    median |flux| sqrt(ivar) of the used pixels."""
+    from .result import FitResult, few_pixels, input_problem
+
+    flux = np.asarray(flux, dtype=np.float64).reshape(-1)
+    ivar = np.asarray(ivar, dtype=np.float64).reshape(-1)
+    problem = input_problem(flux, ivar, int(np.asarray(model.wavelength).size))
+    if problem is not None:
+        return None, FitResult.not_fitted(len(model.label_names), f"bad input: {problem}", snr=float(snr),
+                                          seed=int(seed)), float(snr)
+    post = SpectrumPosterior(model, flux, ivar, config, priors=priors)
+    snr_used = float(snr) if np.isfinite(snr) else post.snr_median
+    few = few_pixels(len(model.label_names), post.n_good, snr_used, config, seed=int(seed))
+    return (None, few, snr_used) if few is not None else (post, None, snr_used)
+
+
+__all__ = ["C_KMS", "EmulatorLike", "SpectrumPosterior", "star_posterior", "log10_step", "merged_priors", "pixel_weights",
            "rv_to_pixels"]

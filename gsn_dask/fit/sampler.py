@@ -30,8 +30,8 @@ from emcee import moves as em
 
 from .config import FitConfig, check_config
 from .diagnostics import autocorr_time
-from .posterior import SpectrumPosterior
-from .result import FitResult, few_pixels, input_problem, model_label_systematics, result_flags, widen_intervals
+from .posterior import SpectrumPosterior, star_posterior
+from .result import FitResult, model_label_systematics, result_flags, widen_intervals
 from .rules import (INTERIOR_FRAC, MOVE_MIXTURES, MOVE_PARAMS, WALKER_REDRAWS, burn_kept, converged,
                     extra_steps)
 from .seeds import generator, random_state
@@ -150,17 +150,9 @@ def fit_spectrum(
 
 def _fit_spectrum(model: Any, flux: np.ndarray, ivar: np.ndarray, *, cfg: FitConfig, seed: int, snr: float,
                   priors: Mapping[str, tuple[float, float]] | None, return_chain: bool) -> FitResult:
-    flux = np.asarray(flux, dtype=np.float64).reshape(-1)
-    ivar = np.asarray(ivar, dtype=np.float64).reshape(-1)
-    L = len(model.label_names)
-    problem = input_problem(flux, ivar, int(np.asarray(model.wavelength).size))
-    if problem is not None:
-        return FitResult.not_fitted(L, f"bad input: {problem}", snr=float(snr), seed=int(seed))
-    post = SpectrumPosterior(model, flux, ivar, cfg, priors=priors)
-    snr_used = float(snr) if np.isfinite(snr) else post.snr_median
-    few = few_pixels(L, post.n_good, snr_used, cfg, seed=int(seed))
-    if few is not None:
-        return few
+    post, not_fitted, snr_used = star_posterior(model, flux, ivar, cfg, seed=seed, snr=snr, priors=priors)
+    if post is None:
+        return not_fitted
     mres = find_map(post, n_coarse=cfg.n_coarse, n_starts=cfg.n_starts)
     sampler, n_prod, tau = _sample(post, mres, cfg, seed)
     res = _summarise(post, mres, sampler, n_prod, tau, cfg, snr_used)
