@@ -116,7 +116,7 @@ def _register_synth(sub: argparse._SubParsersAction) -> None:
         "synth-pack",
         help="pack finished synthetic spectra from a store into the package's shipped grid",
         description="Add the store's spectra that are not shipped yet as a new part-NNN.npz in gsn_dask/data/synth "
-        "(float16 degraded, not normalised flux; a few kB per spectrum) and update manifest.json.",
+        "(degraded, not normalised flux as quantised ln flux; a few kB per spectrum) and update manifest.json.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     pk.add_argument("--store", default=None, metavar="DIR", help="per-spectrum store (none given: as for grid synth)")

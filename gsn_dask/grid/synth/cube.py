@@ -2,11 +2,14 @@
 
 Shipped format: ``part-NNN.npz`` files (``allow_pickle=False``), each holding the spectra
 packed since the previous part, so a new pack adds a file and never rewrites the old ones:
-``key`` (str), ``labels`` (n, 4: teff K, logg dex, feh dex, alpha_fe dex), ``raw16`` (n, n_pix
-float16: the degraded, rebinned, not yet normalised flux divided by ``scale``), ``scale``
-(n, float64), ``atmosphere`` (str), ``synth_cpu_seconds`` (n), ``config`` (JSON of the
-:class:`~gsn_dask.grid.synth.generator.SynthConfig`). float16 keeps 11 bits: a relative
-rounding error <= 2.4e-4 per pixel. ``manifest.json`` lists the parts and the settings.
+``key`` (str), ``labels`` (n, 4: teff K, logg dex, feh dex, alpha_fe dex), ``lnq`` (n, n_pix
+int32: the degraded, rebinned, not yet normalised flux as ``ln(flux / scale)`` in steps of
+:data:`LN_STEP`, stored as differences along wavelength so that zlib packs them to ~2 bytes a
+pixel; decoded exactly by a cumulative sum), ``scale`` (n, float64), ``atmosphere`` (str),
+``synth_cpu_seconds`` (n), ``config`` (JSON of the :class:`~gsn_dask.grid.synth.generator.SynthConfig`).
+The relative rounding error is <= 5e-6 per pixel. (float16, 4.9e-4, was not enough: the
+continuum normalisation of the blue end magnifies flux changes about tenfold.)
+``manifest.json`` lists the parts and the settings.
 
 The training cube (:func:`write_cube`) normalises each spectrum with the same code as every
 other training cube (:func:`gsn_dask.grid.build.prepare_batch`: continuum fit, nominal ivar).
@@ -28,6 +31,8 @@ from .generator import LABELS, SynthConfig, load_record
 from .sources import ARCHIVES, licences
 
 PART_GLOB = "part-*.npz"
+#: quantum of ln(flux) in the shipped parts
+LN_STEP = 1e-5
 MANIFEST = "manifest.json"
 
 
@@ -67,7 +72,8 @@ def read_shipped(folder: str | Path | None = None) -> dict[str, Any]:
             config = cfg
             keys.extend(str(k) for k in f["key"])
             labels.append(f["labels"])
-            raws.append(f["raw16"].astype(np.float64) * f["scale"][:, None])
+            q = np.cumsum(f["lnq"].astype(np.int64), axis=1)
+            raws.append(np.exp(q * LN_STEP) * f["scale"][:, None])
             atm.extend(str(a) for a in f["atmosphere"])
             cpu.append(f["synth_cpu_seconds"])
     n_pix = raws[0].shape[1] if raws else 0
@@ -105,7 +111,11 @@ def pack(store: str | Path, dest: str | Path | None = None, config: SynthConfig 
     if config is None:
         raise ValueError("no shipped settings yet: pass the SynthConfig the records were made with")
     raw = np.stack([r["raw"] for r in recs])
-    scale = np.max(np.abs(raw), axis=1)
+    if not np.all(raw > 0):
+        raise ValueError("non-positive flux in a record: cannot be packed")
+    scale = np.max(raw, axis=1)
+    q = np.rint(np.log(raw / scale[:, None]) / LN_STEP).astype(np.int64)
+    lnq = np.diff(q, axis=1, prepend=0).astype(np.int32)
     n_part = len(list(dest.glob(PART_GLOB)))
     out = dest / f"part-{n_part:03d}.npz"
     tmp = dest / f".{out.name}.tmp.npz"
@@ -113,7 +123,7 @@ def pack(store: str | Path, dest: str | Path | None = None, config: SynthConfig 
         tmp,
         key=np.array([r["key"] for r in recs]),
         labels=np.stack([r["labels"] for r in recs]).astype(np.float64),
-        raw16=(raw / scale[:, None]).astype(np.float16),
+        lnq=lnq,
         scale=scale,
         atmosphere=np.array([r["atmosphere"] for r in recs]),
         synth_cpu_seconds=np.array([r["synth_cpu_seconds"] for r in recs]),
@@ -133,7 +143,7 @@ def write_manifest(dest: Path, config: SynthConfig) -> None:
     wave = config.grid()
     manifest = {
         "what": "Turbospectrum LTE spectra on Castelli-Kurucz atmospheres, degraded to R=%g, rebinned onto the "
-        "LAMOST grid %.2f-%.2f A vacuum (%d px), not normalised (float16 / scale)" % (
+        "LAMOST grid %.2f-%.2f A vacuum (%d px), not normalised (ln flux quantised to 1e-5)" % (
             config.r_target, wave[0], wave[-1], wave.size),
         "labels": list(LABELS),
         "config": config.to_dict(),
