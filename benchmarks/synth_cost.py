@@ -81,6 +81,28 @@ def _row(r: dict, **extra) -> dict:
     return {**{k: v for k, v in r.items() if k not in ("flux", "raw")}, **extra}
 
 
+def _summary(out: dict) -> dict:
+    """The before/after numbers in a few lines (from the phases present)."""
+    summ: dict = {}
+    if out.get("baseline"):
+        summ["before_cpu_s_3700_7400"] = {r["star"]: r["synth_cpu_s"] for r in out["baseline"]}
+    if out.get("chosen"):
+        runs = out["chosen"]["runs"]
+        for wmax in (7400.0, 9100.0):
+            summ[f"after_cpu_s_3700_{wmax:.0f}"] = {r["star"]: r["synth_cpu_s"] for r in runs
+                                                  if r["settings"]["wmax"] == wmax}
+    if out.get("step"):
+        summ["error_vs_0.01A_reference"] = {
+            f"step {r['settings']['step']}" + (f", blue {r['settings']['blue_step']}" if r["settings"]["blue_step"] else "")
+            + f", {r['settings']['n_depth']} layers": {"normalised_rms": round(r["vs_reference"]["rms"], 5),
+                                                       "raw_relative_rms": round(r["vs_reference"]["rel_raw_rms"], 5)}
+            for r in out["step"]["runs"]}
+    if out.get("prune"):
+        summ["pruning_error"] = {f"{r['star']} delta {r['settings']['prune_dex']}": round(r["vs_all_lines"]["rms"], 4)
+                                 for r in out["prune"]}
+    return summ
+
+
 def main() -> None:
     from gsn_dask.grid.synth.runner import DEFAULT_CONFIG
 
@@ -112,6 +134,7 @@ def main() -> None:
         chosen = {k: v for k, v in DEFAULT_CONFIG.to_dict().items() if k in ("step", "blue_step", "blue_until", "n_depth")}
         out["chosen"] = {"settings": chosen, "runs": [_row(run_one(args.work, s, {**chosen, "wmax": wmax}))
                                                       for wmax in (7400.0, 9100.0) for s in args.chosen_stars]}
+    out["summary"] = _summary(out)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {RESULTS}")
