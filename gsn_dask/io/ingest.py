@@ -20,6 +20,10 @@ counts as lowest) is kept, ties keep the first in input order; the other is reje
 the cube is rejected (``duplicate of <file> already in <cube>``); the cube is never rewritten.
 
 Labels: see :class:`LabelTable` (strict match, NaN when unmatched).
+
+The label matching lives in :mod:`.label_table`, the chunked cube writer (duplicates, append,
+rows replaced in place) in :mod:`.cube_writer`; this module finds and reads the files and drives
+the run.
 """
 from __future__ import annotations
 
@@ -45,10 +49,10 @@ from ..cube import (
     check_output_path,
     label_names,
     log_lambda_grid,
-    make_spectra,
     open_spectra,
-    write_spectra,
 )
+from .cube_writer import CubeWriter
+from .label_table import LabelTable
 from .lamost import DEFAULT_MIN_COVERAGE, LamostSpectrum, RejectedFile, TargetGrid, read_lrs
 
 log = logging.getLogger(__name__)
@@ -126,106 +130,6 @@ def read_batch(
     }
 
 
-# ------------------------------------------------------------------------ labels
-_LABEL_COLUMNS = {
-    "teff": ("teff", "label_teff"),
-    "logg": ("logg", "label_logg"),
-    "feh": ("feh", "fe_h", "[fe/h]", "label_feh"),
-    "alpha_fe": ("alpha_fe", "alpha_m", "[alpha/fe]", "[a/fe]", "label_alpha_fe"),
-}
-_CHECK_COLUMNS = ("lmjd", "planid", "spid", "fiberid")
-
-
-def _norm_name(name: str) -> str:
-    n = Path(str(name).strip()).name
-    for suffix in (".gz", ".bz2"):
-        if n.lower().endswith(suffix):
-            n = n[: -len(suffix)]
-    return n
-
-
-class LabelTable:
-    """Reference labels from a CSV, matched to spectra strictly.
-
-    Matching: by ``obsid`` when the spectrum has an OBSID and the CSV an ``obsid`` column, else
-    by file name (column ``filename``; compared without directory and ``.gz``). A matched row is
-    used only if every one of the columns ``lmjd``, ``planid``, ``spid``, ``fiberid`` that the CSV
-    has agrees with the spectrum's header (strict match; e.g. 117 of the 131 DR1 files named in
-    the shared LASP table). Label columns (case-insensitive): ``teff``, ``logg``, ``feh`` (or
-    ``fe_h``), ``alpha_fe`` (or ``alpha_m``); values <= -9990 are NaN. Unmatched -> NaN labels.
-    """
-
-    def __init__(self, df: pd.DataFrame, source: str = ""):
-        self.source = source
-        lower = {str(c).strip().lower(): c for c in df.columns}
-        self.columns: dict[str, Any] = {}
-        for label, candidates in _LABEL_COLUMNS.items():
-            for cand in candidates:
-                if cand in lower:
-                    self.columns[label] = lower[cand]
-                    break
-        if not self.columns:
-            raise ValueError(
-                f"labels table {source} has none of the label columns teff, logg, feh, alpha_fe "
-                f"(columns: {list(df.columns)[:12]}...)"
-            )
-        if "filename" not in lower and "obsid" not in lower:
-            raise ValueError(f"labels table {source} needs a 'filename' or an 'obsid' column to match spectra")
-        self.labels = list(self.columns)
-        values = np.column_stack([pd.to_numeric(df[c], errors="coerce").to_numpy(np.float64) for c in self.columns.values()])
-        values[~np.isfinite(values) | (values <= -9990)] = np.nan
-        self.values = values.astype(np.float32)
-        self.check = {c: df[lower[c]].to_numpy() for c in _CHECK_COLUMNS if c in lower}
-        self.by_obsid: dict[int, int] = {}
-        if "obsid" in lower:
-            ob = pd.to_numeric(df[lower["obsid"]], errors="coerce").to_numpy()
-            for i, o in enumerate(ob):
-                if np.isfinite(o):
-                    self.by_obsid.setdefault(int(o), i)
-        self.by_name: dict[str, list[int]] = collections.defaultdict(list)
-        if "filename" in lower:
-            for i, name in enumerate(df[lower["filename"]].to_numpy()):
-                if isinstance(name, str) and name.strip():
-                    self.by_name[_norm_name(name)].append(i)
-
-    @classmethod
-    def from_csv(cls, path: str | Path) -> "LabelTable":
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"labels table not found: {path}")
-        return cls(pd.read_csv(path, low_memory=False), str(path))
-
-    def _agrees(self, i: int, spec: LamostSpectrum) -> bool:
-        for col, vals in self.check.items():
-            v = vals[i]
-            if col == "planid":
-                if not isinstance(v, str) or v.strip() != spec.planid:
-                    return False
-            else:
-                mine = getattr(spec, col)
-                try:
-                    fv = float(v)
-                except (TypeError, ValueError):
-                    return False
-                if not math.isfinite(fv) or int(fv) != mine:
-                    return False
-        return True
-
-    def match(self, spec: LamostSpectrum) -> tuple[np.ndarray | None, str]:
-        """``(labels (n_label,) float32 or None, status)``, status ``"strict"``, ``"mismatch"``
-        (a row names this spectrum but is another observation) or ``"none"``."""
-        candidates: list[int] = []
-        if spec.obsid >= 0 and spec.obsid in self.by_obsid:
-            candidates.append(self.by_obsid[spec.obsid])
-        candidates += self.by_name.get(_norm_name(spec.source), [])
-        if not candidates:
-            return None, "none"
-        for i in candidates:
-            if self._agrees(i, spec):
-                return self.values[i], "strict"
-        return None, "mismatch"
-
-
 # ------------------------------------------------------------------------ report
 @dataclass
 class IngestReport:
@@ -274,212 +178,6 @@ def rejects_path_for(out: str | Path) -> Path:
     """``<cube>.rejects.csv`` next to the cube (``cube.zarr`` -> ``cube.zarr.rejects.csv``)."""
     out = Path(out)
     return out.with_name(out.name + ".rejects.csv")
-
-
-# ------------------------------------------------------------------------ writer
-@dataclass(slots=True)
-class _Kept:
-    snr: float
-    source: str
-    where: str  # "buf" or "store"
-    index: int  # buffer index or store row
-
-
-class _CubeWriter:
-    """Buffers accepted spectra in order and writes whole zarr chunks (append after the first)."""
-
-    def __init__(
-        self,
-        out: Path,
-        grid: TargetGrid,
-        *,
-        chunk_size: int,
-        label_names: list[str],
-        labels: LabelTable | None,
-        existing: xr.Dataset | None,
-        overwrite: bool,
-        flush_rows: int,
-        attrs: dict[str, Any],
-    ):
-        self.out = out
-        self.grid = grid
-        self.chunk_size = chunk_size
-        self.label_names = label_names
-        self.labels = labels
-        self.overwrite = overwrite
-        self.attrs = attrs
-        self.flush_rows = max(chunk_size, (flush_rows // chunk_size) * chunk_size)
-        self.buffer: list[LamostSpectrum] = []
-        self.buffer_labels: list[np.ndarray | None] = []
-        self.n_written = 0
-        self.store_exists = existing is not None
-        self.existing_vars: list[str] | None = list(existing.data_vars) if existing is not None else None
-        self.row_offset = int(existing.sizes["star"]) if existing is not None else 0
-        self.kept: dict[str, _Kept] = {}
-        self.in_cube: dict[str, str] = {}
-        if existing is not None:
-            stars = [str(s) for s in np.asarray(existing["star"].values)]
-            sources = [str(s) for s in np.asarray(existing["source"].values)]
-            self.in_cube = dict(zip(stars, sources))
-        self.replace: dict[int, tuple[LamostSpectrum, np.ndarray | None]] = {}
-        self.n_labelled = 0
-        self.n_label_mismatch = 0
-        self.n_resampled = 0
-
-    # -- accept / reject
-    def add(self, spec: LamostSpectrum, rejects: list[tuple[str, str, str]]) -> None:
-        if spec.star in self.in_cube:
-            rejects.append((spec.path, "duplicate", f"duplicate of {self.in_cube[spec.star]} already in {self.out}"))
-            return
-        snr = spec.snr_g if math.isfinite(spec.snr_g) else -math.inf
-        old = self.kept.get(spec.star)
-        if old is not None:
-            if snr <= old.snr:
-                rejects.append((spec.path, "duplicate", f"duplicate of {old.source} (star {spec.star}, snr {spec.snr_g} <= {old.snr})"))
-                return
-            rejects.append((old.source, "duplicate", f"duplicate of {spec.path} (star {spec.star}, higher snr {spec.snr_g})"))
-            lab = self._labels(spec)
-            if old.where == "buf":
-                self._unlabel(self.buffer[old.index], self.buffer_labels[old.index])
-                self.buffer[old.index] = spec
-                self.buffer_labels[old.index] = lab
-            else:
-                if old.index in self.replace:
-                    self._unlabel(*self.replace[old.index])
-                self.replace[old.index] = (spec, lab)
-            self.kept[spec.star] = _Kept(snr, spec.path, old.where, old.index)
-            return
-        self.kept[spec.star] = _Kept(snr, spec.path, "buf", len(self.buffer))
-        self.buffer.append(spec)
-        self.buffer_labels.append(self._labels(spec))
-        if len(self.buffer) >= self.flush_rows:
-            self.flush()
-
-    def _labels(self, spec: LamostSpectrum) -> np.ndarray | None:
-        if not spec.exact:
-            self.n_resampled += 1
-        if self.labels is None:
-            return None
-        vals, status = self.labels.match(spec)
-        if status == "strict":
-            self.n_labelled += 1
-        elif status == "mismatch":
-            self.n_label_mismatch += 1
-        return vals
-
-    def _unlabel(self, spec: LamostSpectrum, lab: np.ndarray | None) -> None:
-        """Undo the counters of a spectrum that is replaced by a better duplicate."""
-        if not spec.exact:
-            self.n_resampled -= 1
-        if self.labels is None:
-            return
-        _, status = self.labels.match(spec)
-        if status == "strict":
-            self.n_labelled -= 1
-        elif status == "mismatch":
-            self.n_label_mismatch -= 1
-
-    # -- datasets
-    def _dataset(self, specs: Sequence[LamostSpectrum], labs: Sequence[np.ndarray | None]) -> xr.Dataset:
-        n = len(specs)
-        labels: dict[str, np.ndarray] = {}
-        if self.label_names:
-            arr = np.full((n, len(self.label_names)), np.nan, dtype=np.float32)
-            if self.labels is not None:
-                col = {name: j for j, name in enumerate(self.labels.labels)}
-                for i, lab in enumerate(labs):
-                    if lab is not None:
-                        for k, name in enumerate(self.label_names):
-                            if name in col:
-                                arr[i, k] = lab[col[name]]
-            labels = {name: arr[:, k] for k, name in enumerate(self.label_names)}
-        ds = make_spectra(
-            [s.star for s in specs],
-            self.grid.wavelength,
-            np.stack([s.flux for s in specs]),
-            np.stack([s.ivar for s in specs]),
-            ra=np.array([s.ra for s in specs]),
-            dec=np.array([s.dec for s in specs]),
-            snr=np.array([s.snr_g for s in specs]),
-            rv_catalog=np.array([s.rv_catalog for s in specs]),
-            labels=labels,
-            source=[s.source for s in specs],
-            normalised=False,
-            flux_unit="relative (LAMOST flux calibration)",
-            resolution="R~1800 (LAMOST LRS)",
-            attrs=self.attrs,
-        )
-        ds["snr"].attrs["long_name"] = "S/N per pixel in the g band (header SN_G or SNRG)"
-        ds["rv_catalog"].attrs["long_name"] = "LAMOST pipeline radial velocity, Z * c (header Z)"
-        ds["snr_g"] = ("star", np.array([s.snr_g for s in specs], np.float32), {"long_name": "S/N g band (SN_G/SNRG)"})
-        ds["snr_r"] = ("star", np.array([s.snr_r for s in specs], np.float32), {"long_name": "S/N r band (SN_R/SNRR)"})
-        ds["obsid"] = ("star", np.array([s.obsid for s in specs], np.int64), {"long_name": "LAMOST OBSID, -1 = none in header"})
-        if self.existing_vars is not None:
-            ds = _align_vars(ds, self.existing_vars)
-        return ds
-
-    def flush(self) -> None:
-        if not self.buffer:
-            return
-        import dask
-
-        ds = self._dataset(self.buffer, self.buffer_labels)
-        # the rows are in this process's memory: write them here, never through a distributed
-        # Client that may be the default scheduler (it would ship the arrays to the workers)
-        with dask.config.set(scheduler="threads"):
-            if self.store_exists:
-                write_spectra(ds, self.out, chunk_size=self.chunk_size, append=True)
-            else:
-                write_spectra(ds, self.out, chunk_size=self.chunk_size, overwrite=self.overwrite)
-                self.store_exists = True
-                self.existing_vars = list(ds.data_vars)
-        for spec in self.buffer:
-            k = self.kept[spec.star]
-            k.where, k.index = "store", self.row_offset + self.n_written + k.index
-        self.n_written += len(self.buffer)
-        self.buffer, self.buffer_labels = [], []
-
-    def close(self) -> None:
-        self.flush()
-        if self.replace:
-            _overwrite_rows(self.out, self.replace, self._dataset)
-            self.replace = {}
-
-
-def _align_vars(ds: xr.Dataset, names: Sequence[str]) -> xr.Dataset:
-    """Give ``ds`` exactly the data variables ``names`` of an existing cube (append): missing
-    ones are filled (NaN, -1 or ""), extra ones dropped. New label variables are an error."""
-    extra = [v for v in ds.data_vars if v not in names]
-    new_labels = [v for v in extra if str(v).startswith("label_")]
-    if new_labels:
-        raise CubeSchemaError(f"cannot append: the cube has no {new_labels} variables (labels cannot be added on append)")
-    ds = ds.drop_vars(extra)
-    n = ds.sizes["star"]
-    for v in names:
-        if v not in ds:
-            if v == "obsid":
-                ds[v] = ("star", np.full(n, -1, np.int64))
-            elif v in ("source",):
-                ds[v] = ("star", np.array([""] * n, dtype=object))
-            else:
-                ds[v] = ("star", np.full(n, np.nan, np.float32))
-    return ds
-
-
-def _overwrite_rows(out: Path, replace: dict[int, tuple[LamostSpectrum, np.ndarray | None]], build) -> None:
-    """Replace already-written rows (a later duplicate with a higher snr) in place with zarr."""
-    import zarr
-
-    rows = sorted(replace)
-    ds = build([replace[r][0] for r in rows], [replace[r][1] for r in rows])
-    group = zarr.open_group(str(out), mode="r+")
-    for name, var in ds.variables.items():
-        if "star" not in var.dims or name == "star" or name not in group:
-            continue
-        arr = group[name]
-        values = np.asarray(var.values)
-        for i, r in enumerate(rows):
-            arr[r] = values[i]
 
 
 # ------------------------------------------------------------------------ engines
@@ -592,6 +290,59 @@ def ingest(
     """
     t0 = time.perf_counter()
     out = Path(out)
+    existing, label_table, grid, lnames = _prepare_target(
+        out, labels=labels, chunk_size=chunk_size, append=append, overwrite=overwrite, wavelength=wavelength
+    )
+    files, rejects = find_spectra_files(paths, recursive=recursive)
+    report = IngestReport(out=out, rejects_path=rejects_path_for(out), n_files=len(files) + len(rejects))
+    if not files:
+        raise FileNotFoundError(f"no FITS files found in {[str(p) for p in paths]}")
+
+    use_cluster = client is not None or scheduler is not None or (
+        n_workers is None and len(files) >= IN_PROCESS_BELOW
+    ) or (n_workers is not None and n_workers > 0)
+    writer = CubeWriter(
+        out,
+        grid,
+        chunk_size=chunk_size,
+        label_names=lnames,
+        labels=label_table,
+        existing=existing,
+        overwrite=overwrite,
+        flush_rows=flush_rows,
+        attrs=_ingest_attrs(label_table),
+    )
+    with contextlib.ExitStack() as stack:
+        dask_client = stack.enter_context(_dask_client(n_workers, scheduler, client)) if use_cluster else None
+        _read_into(
+            writer, files, rejects, report, grid=grid, min_coverage=min_coverage, dask_client=dask_client,
+            scheduler=scheduler, batch_size=batch_size, progress=progress,
+        )
+        writer.close()
+
+    report.n_ingested = writer.n_written
+    report.n_resampled = writer.n_resampled
+    report.n_labelled = writer.n_labelled
+    report.n_label_mismatch = writer.n_label_mismatch
+    report.rejects = pd.DataFrame(rejects, columns=["file", "code", "reason"])
+    _save_rejects(report.rejects, report.rejects_path, append=append)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _prepare_target(
+    out: Path,
+    *,
+    labels: str | Path | LabelTable | None,
+    chunk_size: int,
+    append: bool,
+    overwrite: bool,
+    wavelength: np.ndarray | None,
+) -> tuple[xr.Dataset | None, LabelTable | None, TargetGrid, list[str]]:
+    """Check the options and the output path before any file is read; return
+    ``(existing cube or None, label table or None, target grid, label names of the cube)``.
+    The grid is the existing cube's with ``append``, else ``wavelength`` (vacuum Angstrom;
+    default :func:`gsn_dask.cube.log_lambda_grid`)."""
     if append and overwrite:
         raise ValueError("use either append or overwrite, not both")
     if chunk_size < 1:
@@ -616,15 +367,11 @@ def ingest(
     else:
         grid = TargetGrid.from_wavelength(log_lambda_grid() if wavelength is None else wavelength)
         lnames = list(label_table.labels) if label_table is not None else []
+    return existing, label_table, grid, lnames
 
-    files, rejects = find_spectra_files(paths, recursive=recursive)
-    report = IngestReport(out=out, rejects_path=rejects_path_for(out), n_files=len(files) + len(rejects))
-    if not files:
-        raise FileNotFoundError(f"no FITS files found in {[str(p) for p in paths]}")
 
-    use_cluster = client is not None or scheduler is not None or (
-        n_workers is None and len(files) >= IN_PROCESS_BELOW
-    ) or (n_workers is not None and n_workers > 0)
+def _ingest_attrs(label_table: LabelTable | None) -> dict[str, Any]:
+    """Dataset attrs that record how the cube was ingested (software, S/N, RV, ids, mask, labels)."""
     attrs = {
         "ingest_software": f"gsn-dask {__version__} (gsn_dask.io.ingest)",
         "ingest_snr": "snr = g-band S/N from header SN_G (DR1) or SNRG (later); snr_r from SN_R/SNRR",
@@ -635,52 +382,46 @@ def ingest(
     if label_table is not None:
         attrs["ingest_labels"] = f"reference labels from {Path(label_table.source).name} (strict match on obsid/filename + lmjd, planid, spid, fiberid)"
     attrs["history"] = f"{pd.Timestamp.now(tz='UTC').isoformat(timespec='seconds')} ingested LAMOST LRS files with gsn-dask {__version__}"
-    writer = _CubeWriter(
-        out,
-        grid,
-        chunk_size=chunk_size,
-        label_names=lnames,
-        labels=label_table,
-        existing=existing,
-        overwrite=overwrite,
-        flush_rows=flush_rows,
-        attrs=attrs,
-    )
+    return attrs
 
+
+def _read_into(
+    writer: CubeWriter,
+    files: Sequence[Path],
+    rejects: list[tuple[str, str, str]],
+    report: IngestReport,
+    *,
+    grid: TargetGrid,
+    min_coverage: float,
+    dask_client: Any,
+    scheduler: str | None,
+    batch_size: int | None,
+    progress: bool,
+) -> None:
+    """Read ``files`` in batches (in-process when ``dask_client`` is None), in input order, into
+    ``writer``; append the rejects to ``rejects`` and the engine and read times to ``report``."""
     from tqdm.auto import tqdm
 
-    with contextlib.ExitStack() as stack:
-        dask_client = stack.enter_context(_dask_client(n_workers, scheduler, client)) if use_cluster else None
-        if dask_client is not None:
-            n_threads = max(1, sum(dask_client.nthreads().values()))
-            report.engine = "dask" + (f" ({scheduler})" if scheduler else "")
-            report.n_workers = len(dask_client.nthreads())
-        else:
-            n_threads = 1
-        if batch_size is None:
-            batch_size = int(min(256, max(16, math.ceil(len(files) / (4 * n_threads)))))
-        batches = _batches(files, batch_size)
-        bar = tqdm(total=len(files), unit="file", desc="ingest", disable=not progress, smoothing=0.1)
-        try:
-            for res in _run_batches(batches, grid.wavelength, min_coverage, dask_client, window=2 * n_threads + 2):
-                report.read_seconds += res["seconds"]
-                report.read_cpu_seconds += res["cpu_seconds"]
-                rejects.extend(res["rejects"])
-                for spec in res["spectra"]:
-                    writer.add(spec, rejects)
-                bar.update(len(res["spectra"]) + len(res["rejects"]))
-        finally:
-            bar.close()
-        writer.close()
-
-    report.n_ingested = writer.n_written
-    report.n_resampled = writer.n_resampled
-    report.n_labelled = writer.n_labelled
-    report.n_label_mismatch = writer.n_label_mismatch
-    report.rejects = pd.DataFrame(rejects, columns=["file", "code", "reason"])
-    _save_rejects(report.rejects, report.rejects_path, append=append)
-    report.seconds = time.perf_counter() - t0
-    return report
+    if dask_client is not None:
+        n_threads = max(1, sum(dask_client.nthreads().values()))
+        report.engine = "dask" + (f" ({scheduler})" if scheduler else "")
+        report.n_workers = len(dask_client.nthreads())
+    else:
+        n_threads = 1
+    if batch_size is None:
+        batch_size = int(min(256, max(16, math.ceil(len(files) / (4 * n_threads)))))
+    batches = _batches(files, batch_size)
+    bar = tqdm(total=len(files), unit="file", desc="ingest", disable=not progress, smoothing=0.1)
+    try:
+        for res in _run_batches(batches, grid.wavelength, min_coverage, dask_client, window=2 * n_threads + 2):
+            report.read_seconds += res["seconds"]
+            report.read_cpu_seconds += res["cpu_seconds"]
+            rejects.extend(res["rejects"])
+            for spec in res["spectra"]:
+                writer.add(spec, rejects)
+            bar.update(len(res["spectra"]) + len(res["rejects"]))
+    finally:
+        bar.close()
 
 
 def _save_rejects(df: pd.DataFrame, path: Path, *, append: bool) -> None:
