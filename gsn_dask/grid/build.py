@@ -19,7 +19,8 @@ The work runs as ``dask.delayed`` tasks over batches of spectra: the synchronous
 small jobs (default), a ``LocalCluster`` with ``n_workers`` processes, or an existing cluster
 (``scheduler="tcp://..."``). Completed batches are appended to the zarr store in input order,
 so memory stays bounded by the tasks in flight. A bad source entry (unreadable file, NaNs,
-missing labels, too little coverage) is skipped and reported; the rest goes on.
+missing labels, too little coverage) is skipped and reported; the rest goes on. The task
+runner itself is :mod:`gsn_dask.grid.batch_runner` (``run_batches`` is re-exported here).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ import xarray as xr
 from .._version import __version__
 from ..cube import DEFAULT_CHUNK_SIZE, _now, log_lambda_grid, make_spectra, open_spectra, write_spectra
 from . import prepare as P
+from .batch_runner import iter_batches, run_batches  # noqa: F401 - run_batches re-exported (grid.synth)
 
 log = logging.getLogger(__name__)
 
@@ -261,110 +263,6 @@ def prepare_batch(
     }
 
 
-# ---------------------------------------------------------------------- execution
-def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    batch: list[Any] = []
-    for it in items:
-        batch.append(it)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def run_batches(
-    fn: Callable[..., dict[str, Any]],
-    batches: Iterable[list[Any]],
-    args: tuple[Any, ...],
-    *,
-    scheduler: str | None = None,
-    n_workers: int | None = None,
-    total: int | None = None,
-    progress: bool = True,
-    desc: str = "preparing",
-) -> Iterator[dict[str, Any]]:
-    """Run ``fn(batch, *args)`` as ``dask.delayed`` tasks and yield the results in input order.
-
-    ``scheduler``: None/"synchronous" (default when ``n_workers`` <= 1), "threads", or a
-    distributed scheduler address ("tcp://host:8786"); ``n_workers`` > 1 without an address
-    starts a ``LocalCluster`` of that many single-threaded processes. At most ~2 tasks per
-    worker are in flight, so a streaming input is never held whole in memory.
-    A tqdm bar counts spectra (``total`` if known).
-    """
-    import dask
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, desc=desc, unit="spec", disable=not progress, smoothing=0.1)
-    delayed_fn = dask.delayed(fn, pure=False)
-    try:
-        distributed = bool(scheduler and "://" in scheduler) or (scheduler is None and (n_workers or 1) > 1)
-        if not distributed:
-            sched = scheduler or "synchronous"
-            window = 1 if sched in ("synchronous", "sync", "single-threaded") else max(2 * (n_workers or 2), 2)
-            pending: list[Any] = []
-            for batch in batches:
-                pending.append(delayed_fn(batch, *args))
-                if len(pending) >= window:
-                    for res in dask.compute(*pending, scheduler=sched):
-                        bar.update(res["n_in"])
-                        yield res
-                    pending = []
-            if pending:
-                for res in dask.compute(*pending, scheduler=sched):
-                    bar.update(res["n_in"])
-                    yield res
-            return
-        yield from _run_distributed(delayed_fn, batches, args, scheduler, n_workers, bar)
-    finally:
-        bar.close()
-
-
-def _run_distributed(delayed_fn, batches, args, scheduler, n_workers, bar) -> Iterator[dict[str, Any]]:
-    from distributed import Client, LocalCluster, wait
-
-    cluster = None
-    if scheduler and "://" in scheduler:
-        client = Client(scheduler)
-    else:
-        cluster = LocalCluster(
-            n_workers=int(n_workers or 2), threads_per_worker=1, processes=True, dashboard_address=":0"
-        )
-        client = Client(cluster)
-    try:
-        n_slots = max(sum(client.nthreads().values()), 1)
-        window = 2 * n_slots
-        it = iter(batches)
-        in_flight: dict[int, Any] = {}
-        done: dict[int, dict[str, Any]] = {}
-        next_submit = next_yield = 0
-        exhausted = False
-        while True:
-            while not exhausted and len(in_flight) + len(done) < window:
-                try:
-                    batch = next(it)
-                except StopIteration:
-                    exhausted = True
-                    break
-                in_flight[next_submit] = client.compute(delayed_fn(batch, *args))
-                next_submit += 1
-            if not in_flight and not done:
-                break
-            if next_yield in in_flight:
-                wait([in_flight[next_yield]], return_when="FIRST_COMPLETED")
-            for k in [k for k, fut in in_flight.items() if fut.done()]:
-                res = in_flight.pop(k).result()
-                bar.update(res["n_in"])
-                done[k] = res
-            while next_yield in done:
-                yield done.pop(next_yield)
-                next_yield += 1
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
-
-
 # ---------------------------------------------------------------------- driver
 @dataclasses.dataclass
 class BuildResult:
@@ -418,12 +316,33 @@ def build_training_cube(
     if total is None and isinstance(items, Sequence):
         total = len(items)
     t0 = time.perf_counter()
-    n_input = n_written = 0
-    task_s = task_cpu = 0.0
-    skipped: list[tuple[str, str]] = []
-    seen: set[str] = set()
-    not_conv = np.zeros(wave_out.size, dtype=bool)
-    written = False
+    base_attrs = _base_attrs(cfg, attrs)
+    rows = _RowWriter(
+        out, wave_out, label_names, chunk_size=chunk_size,
+        resolution=f"R={cfg.r_target:g} Gaussian LSF (LAMOST LRS)", attrs=base_attrs,
+    )
+    for res in run_batches(
+        prepare_batch,
+        iter_batches(items, batch_size),
+        (loader, wave_out, cfg, tuple(label_names)),
+        scheduler=scheduler,
+        n_workers=n_workers,
+        total=total,
+        progress=progress,
+    ):
+        rows.add(res)
+    rows.flush()
+    elapsed = time.perf_counter() - t0
+    if not rows.written:
+        reasons = "; ".join(f"{s}: {r}" for s, r in rows.skipped[:5])
+        raise ValueError(f"no spectrum could be prepared ({rows.n_input} input entries; e.g. {reasons})")
+    ranges = _finish_store(rows, cfg, base_attrs, elapsed)
+    return BuildResult(out, rows.n_input, rows.n_written, rows.skipped, ranges, elapsed, rows.task_s, rows.task_cpu)
+
+
+def _base_attrs(cfg: PrepareConfig, attrs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The cube attrs of :func:`build_training_cube` known before any spectrum: target
+    resolution, normalisation, preparation config, ivar model and LSF, then ``attrs``."""
     base_attrs = {
         "source": "",
         "r_target": float(cfg.r_target),
@@ -438,69 +357,95 @@ def build_training_cube(
         "gsn_dask_version": __version__,
     }
     base_attrs.update(dict(attrs or {}))
-    resolution = f"R={cfg.r_target:g} Gaussian LSF (LAMOST LRS)"
-    buf: list[dict[str, Any]] = []  # kept rows waiting to be written (flushed per zarr chunk)
+    return base_attrs
 
-    def flush() -> None:
-        nonlocal written
-        if not buf:
-            return
-        ds = make_spectra(
-            [r["star"] for r in buf],
-            wave_out,
-            np.stack([r["flux"] for r in buf]),
-            np.stack([r["ivar"] for r in buf]),
-            labels={k: np.array([r["labels"][k] for r in buf], dtype=np.float32) for k in label_names},
-            source=[r["source"] for r in buf],
-            normalised=True,
-            flux_unit="normalised",
-            resolution=resolution,
-            attrs=base_attrs,
-        )
-        if not written and out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        write_spectra(ds, out, chunk_size=chunk_size, append=written)
-        written = True
-        buf.clear()
 
-    for res in run_batches(
-        prepare_batch,
-        _batches(items, batch_size),
-        (loader, wave_out, cfg, tuple(label_names)),
-        scheduler=scheduler,
-        n_workers=n_workers,
-        total=total,
-        progress=progress,
+class _RowWriter:
+    """Takes the results of :func:`prepare_batch` in input order, drops repeated star ids, keeps
+    the counts, skips and not-convolved pixels, and writes the rows one zarr chunk at a time
+    (the first write replaces an existing store at ``out``)."""
+
+    def __init__(
+        self,
+        out: Path,
+        wave_out: np.ndarray,
+        label_names: Sequence[str],
+        *,
+        chunk_size: int,
+        resolution: str,
+        attrs: Mapping[str, Any],
     ):
-        n_input += res["n_in"]
-        task_s += res["task_seconds"]
-        task_cpu += res["task_cpu_seconds"]
-        skipped.extend(res["errors"])
+        self.out = out
+        self.wave_out = wave_out
+        self.label_names = label_names
+        self.chunk_size = chunk_size
+        self.resolution = resolution
+        self.attrs = attrs
+        self.n_input = self.n_written = 0
+        self.task_s = self.task_cpu = 0.0
+        self.skipped: list[tuple[str, str]] = []
+        self.seen: set[str] = set()
+        self.not_conv = np.zeros(wave_out.size, dtype=bool)
+        self.written = False
+        self.buf: list[dict[str, Any]] = []  # kept rows waiting to be written (flushed per zarr chunk)
+
+    def add(self, res: dict[str, Any]) -> None:
+        """Count one batch result, keep its new stars and write a chunk when one is full."""
+        self.n_input += res["n_in"]
+        self.task_s += res["task_seconds"]
+        self.task_cpu += res["task_cpu_seconds"]
+        self.skipped.extend(res["errors"])
         for star, reason in res["errors"]:
             log.warning("skipped %s: %s", star, reason)
         for i, star in enumerate(res["star"]):
-            if star in seen:
-                skipped.append((star, "duplicate star id"))
+            if star in self.seen:
+                self.skipped.append((star, "duplicate star id"))
                 log.warning("skipped %s: duplicate star id", star)
                 continue
-            seen.add(star)
-            buf.append({
+            self.seen.add(star)
+            self.buf.append({
                 "star": star,
                 "source": res["source"][i],
                 "flux": res["flux"][i],
                 "ivar": res["ivar"][i],
-                "labels": {k: res["labels"][k][i] for k in label_names},
+                "labels": {k: res["labels"][k][i] for k in self.label_names},
             })
-            n_written += 1
-        not_conv |= res["not_convolved"]
-        if len(buf) >= chunk_size:
-            flush()
-    flush()
-    elapsed = time.perf_counter() - t0
-    if not written:
-        reasons = "; ".join(f"{s}: {r}" for s, r in skipped[:5])
-        raise ValueError(f"no spectrum could be prepared ({n_input} input entries; e.g. {reasons})")
-    ranges = P.mask_ranges(wave_out, not_conv)
+            self.n_written += 1
+        self.not_conv |= res["not_convolved"]
+        if len(self.buf) >= self.chunk_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered rows (append after the first write)."""
+        buf = self.buf
+        if not buf:
+            return
+        ds = make_spectra(
+            [r["star"] for r in buf],
+            self.wave_out,
+            np.stack([r["flux"] for r in buf]),
+            np.stack([r["ivar"] for r in buf]),
+            labels={k: np.array([r["labels"][k] for r in buf], dtype=np.float32) for k in self.label_names},
+            source=[r["source"] for r in buf],
+            normalised=True,
+            flux_unit="normalised",
+            resolution=self.resolution,
+            attrs=self.attrs,
+        )
+        if not self.written and self.out.exists():
+            shutil.rmtree(self.out) if self.out.is_dir() else self.out.unlink()
+        write_spectra(ds, self.out, chunk_size=self.chunk_size, append=self.written)
+        self.written = True
+        buf.clear()
+
+
+def _finish_store(
+    rows: _RowWriter, cfg: PrepareConfig, base_attrs: Mapping[str, Any], elapsed: float
+) -> list[tuple[float, float]]:
+    """Write the counts, skips, not-convolved ranges (Angstrom), build time (s) and history to
+    the store attrs, log the skips; return the not-convolved ranges."""
+    wave_out, n_input, n_written, skipped = rows.wave_out, rows.n_input, rows.n_written, rows.skipped
+    ranges = P.mask_ranges(wave_out, rows.not_conv)
     final = {
         "n_input": n_input,
         "n_written": n_written,
@@ -514,12 +459,12 @@ def build_training_cube(
             f"{wave_out[0]:.1f}-{wave_out[-1]:.1f} A, normalised)"
         ),
     }
-    _update_store_attrs(out, final)
+    _update_store_attrs(rows.out, final)
     if skipped:
         log.warning("%d of %d entries skipped (listed in the cube attrs 'skipped')", len(skipped), n_input)
     if ranges:
         log.info("source broader than R=%g (not convolved) at %s A", cfg.r_target, ranges)
-    return BuildResult(out, n_input, n_written, skipped, ranges, elapsed, task_s, task_cpu)
+    return ranges
 
 
 def library_attrs(
