@@ -37,6 +37,8 @@ _API = {
     "open_results": "gsn_dask.cube",
     "validate": "gsn_dask.validate",
     "diagnose": "gsn_dask.diagnose",
+    "best_fit": "gsn_dask.diagnose",
+    "label_systematics": "gsn_dask.api",
     "simulate": "gsn_dask.simulate",
 }
 

@@ -91,6 +91,20 @@ def fit(
 
 
 
+def label_systematics(results: xr.Dataset) -> xr.DataArray:
+    """The systematic sigma (label units, dims star x label) that the fit folded into each star's
+    p16/p84 in quadrature (the model's training cross-validation; zero where none was used), so
+    the statistical half-width is ``sqrt(half_width**2 - sigma**2)``."""
+    from .fit.result import systematics_from_record
+
+    labels = [str(s) for s in results["label"].values]
+    rec = systematics_from_record(results.attrs.get("label_systematics", "null") or "null", labels)
+    med = np.asarray(results["median"].values, dtype=np.float64)
+    sig = np.zeros(med.shape) if rec is None else np.array([rec.at(m) for m in med]).reshape(med.shape)
+    return xr.DataArray(sig, dims=("star", "label"), coords={"star": results["star"].values, "label": labels},
+                        name="label_systematics")
+
+
 def fit_store(
     cube: str | Path,
     model: str | Path | None = None,
@@ -119,4 +133,4 @@ def fit_store(
                    progress=progress)
 
 
-__all__ = ["DEFAULT_MODEL_DIR", "fit", "fit_store", "load_model"]
+__all__ = ["DEFAULT_MODEL_DIR", "fit", "fit_store", "label_systematics", "load_model"]

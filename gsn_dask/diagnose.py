@@ -73,8 +73,12 @@ def _shift_to_rest(resid: np.ndarray, rv: float, step: float) -> np.ndarray:
     return np.where(near_bad, np.nan, out)
 
 
-def residual_spectra(cube: xr.Dataset, results: xr.Dataset, model: Any, config: FitConfig | None = None) -> Residuals:
-    """Residuals of every ``ok`` star of ``results`` against its spectrum in ``cube``."""
+def best_fit(cube: xr.Dataset, results: xr.Dataset, model: Any, config: FitConfig | None = None) -> xr.Dataset:
+    """Every ``ok`` star of ``results`` on the model grid: the spectrum normalised with the
+    model's recipe as in the fit (``flux``, ``ivar``), the best-fit model at the MAP labels and the
+    posterior rv with the likelihood's continuum correction (``model_flux``, NaN on unused edge
+    pixels) and ``used`` (pixels the likelihood used). ``config``: the fit's (default: the
+    results' ``fit_config`` attr)."""
     config = config or FitConfig.from_dict(results.attrs.get("fit_config", "{}"))
     ok = np.array([str(s) == "ok" for s in np.asarray(results["status"].values)])
     stars = [str(s) for s in np.asarray(results["star"].values)[ok]]
@@ -88,19 +92,34 @@ def residual_spectra(cube: xr.Dataset, results: xr.Dataset, model: Any, config: 
         flux, ivar = continuum_normalise(model.wavelength, flux, ivar, model.normalisation)
     res = results.sel(star=stars)
     theta = np.column_stack([np.asarray(res["map"].values, dtype=np.float64), np.asarray(res["rv"].values, dtype=np.float64)])
-    step = log10_step(model.wavelength)
-    obs = np.full(flux.shape, np.nan)
-    rest = np.full(flux.shape, np.nan)
+    best = np.full(flux.shape, np.nan)
+    used = np.zeros(flux.shape, bool)
     for i in range(len(stars)):
         post = SpectrumPosterior(model, flux[i], ivar[i], config)
-        best = post.model_flux(theta[i])
-        good = np.zeros(flux.shape[1], bool)
-        good[post.lo:post.hi] = post.good
-        obs[i] = np.where(good & (best > 0), flux[i] / np.where(best > 0, best, 1.0) - 1.0, np.nan)
-        rest[i] = _shift_to_rest(obs[i], theta[i, -1], step)
+        best[i] = post.model_flux(theta[i])
+        used[i, post.lo:post.hi] = post.good
+    dims = ("star", "wavelength")
+    return xr.Dataset({"flux": (dims, flux), "ivar": (dims, ivar), "model_flux": (dims, best), "used": (dims, used),
+                       "rv": ("star", theta[:, -1], {"units": "km/s"})},
+                      coords={"star": stars, "wavelength": ("wavelength", np.asarray(model.wavelength, float),
+                                                            {"units": "Angstrom", "medium": "vacuum"}),
+                              "label": list(model.label_names)},
+                      attrs={"description": "normalised spectra and their best-fit GSN models"})
+
+
+def residual_spectra(cube: xr.Dataset, results: xr.Dataset, model: Any, config: FitConfig | None = None) -> Residuals:
+    """Residuals of every ``ok`` star of ``results`` against its spectrum in ``cube``."""
+    fits = best_fit(cube, results, model, config)
+    flux, best, used = fits["flux"].values, fits["model_flux"].values, fits["used"].values
+    with np.errstate(invalid="ignore", divide="ignore"):
+        obs = np.where(used & (best > 0), flux / np.where(best > 0, best, 1.0) - 1.0, np.nan)
+    step = log10_step(model.wavelength)
+    rv = fits["rv"].values
+    rest = np.stack([_shift_to_rest(obs[i], rv[i], step) for i in range(obs.shape[0])])
+    res = results.sel(star=fits["star"].values)
     names = list(model.label_names)
-    return Residuals(np.asarray(model.wavelength, float), obs, rest, theta[:, names.index("teff")],
-                     theta[:, names.index("logg")], stars)
+    return Residuals(np.asarray(model.wavelength, float), obs, rest, res["map"].values[:, names.index("teff")],
+                     res["map"].values[:, names.index("logg")], [str(s) for s in fits["star"].values])
 
 
 def stack(resid: Residuals, classes: dict[str, Any] = CLASSES, min_stars: int = 3) -> xr.Dataset:
@@ -198,5 +217,5 @@ def diagnose(cube: xr.Dataset, results: xr.Dataset, model: Any, out_dir: str | P
     return table
 
 
-__all__: Sequence[str] = ["CLASSES", "WINDOWS", "Residuals", "diagnose", "plot_stacks", "residual_spectra", "stack",
+__all__: Sequence[str] = ["CLASSES", "WINDOWS", "Residuals", "best_fit", "diagnose", "plot_stacks", "residual_spectra", "stack",
                           "window_table"]

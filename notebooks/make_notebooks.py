@@ -26,11 +26,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
 
-from gsn_dask.cube import open_results, open_spectra
+import gsn_dask as gd
 
 demo = Path(os.environ.get("GSN_DEMO_DIR", "gsn-dask-demo"))
-res = open_results(demo / "miles_holdout_results.zarr").load()
-obs = open_spectra(demo / "miles_holdout_obs.zarr")
+res = gd.open_results(demo / "miles_holdout_results.zarr").load()
+obs = gd.open_spectra(demo / "miles_holdout_obs.zarr")
 res""",
 "## Results align with the input cube on `star`",
 """ds = xr.merge([res[["median", "p16", "p84", "rv", "flag", "status"]],
@@ -52,14 +52,10 @@ fig.colorbar(sc, ax=axes, label="[Fe/H]")""",
 "## Posterior widths against S/N\n\nThe 68% intervals include each label's systematic error, measured in the model's "
 "training cross-validation (`res.attrs['label_systematics']`), added in quadrature; so they level off at high S/N "
 "instead of shrinking to the noise-only width (`stat`: the statistical part alone).",
-"""from gsn_dask.fit.result import systematics_from_record
-
-labels = [str(k) for k in good.label.values]
-syst = systematics_from_record(res.attrs.get("label_systematics", "null"), labels)
-print("systematics folded into p16/p84:", res.attrs.get("label_systematics"))
+"""print("systematics folded into p16/p84:", res.attrs.get("label_systematics"))
 width = (good["p84"] - good["p16"]) / 2
-sig = np.array([syst.at(m) if syst else np.zeros(len(labels)) for m in good["median"].values])
-stat = np.sqrt(np.clip(width**2 - sig**2, 0, None))
+sig = gd.label_systematics(res).sel(star=good.star)
+stat = np.sqrt((width**2 - sig**2).clip(min=0))
 fig, axes = plt.subplots(1, width.sizes["label"], figsize=(4 * width.sizes["label"], 3))
 for ax, lab in zip(np.atleast_1d(axes), width.label.values):
     ax.scatter(good.snr, width.sel(label=lab), s=10)
@@ -68,24 +64,15 @@ fig.tight_layout()
 bins = [0, 10, 30, 50, 100, 1e4]
 xr.Dataset({"total": width, "stat": stat}).groupby_bins(good.snr, bins=bins).median().to_dataframe()""",
 "## One spectrum with its best-fit model and residuals",
-"""from gsn_dask.emulator import load_model
-from gsn_dask.fit.posterior import SpectrumPosterior
-from gsn_dask.grid.prepare import continuum_normalise
-
-model = load_model(demo / "model")
+"""model = gd.load_model(demo / "model")
 star = str(good.star.values[0])
-sl = model.pixel_slice(obs.wavelength.values)
-flux = obs.flux.sel(star=star).values[sl]
-ivar = obs.ivar.sel(star=star).values[sl]
-fn, ivn = continuum_normalise(model.wavelength, flux, ivar, model.normalisation)
-post = SpectrumPosterior(model, fn, ivn)
-theta = np.r_[res["map"].sel(star=star).values, float(res.rv.sel(star=star))]
-best = post.model_flux(theta)
+one = gd.best_fit(obs.sel(star=[star]).load(), res.sel(star=[star]), model).sel(star=star)
+fn, best = one.flux.where(one.ivar > 0), one.model_flux
 fig, (a1, a2) = plt.subplots(2, 1, figsize=(11, 5), sharex=True, height_ratios=[3, 1])
-a1.plot(model.wavelength, np.where(ivn > 0, fn, np.nan), lw=0.6, label="observed (normalised)")
-a1.plot(model.wavelength, best, lw=0.8, label="GSN best fit")
+a1.plot(one.wavelength, fn, lw=0.6, label="observed (normalised)")
+a1.plot(one.wavelength, best, lw=0.8, label="GSN best fit")
 a1.legend(); a1.set_title(star)
-a2.plot(model.wavelength, np.where(ivn > 0, fn - best, np.nan), lw=0.5)
+a2.plot(one.wavelength, fn - best, lw=0.5)
 a2.set_xlabel("vacuum wavelength [A]"); a2.set_ylabel("residual")""",
 "## Corner plot of one star's posterior draws",
 """import corner
@@ -108,13 +95,11 @@ from pathlib import Path
 
 from distributed import Client, LocalCluster
 
-from gsn_dask.cube import open_spectra
-from gsn_dask.fit.config import FitConfig
-from gsn_dask.pipeline import run_fit
+import gsn_dask as gd
 
 demo = Path(os.environ.get("GSN_DEMO_DIR", "gsn-dask-demo"))
 cube_path = demo / "miles_holdout_obs.zarr"
-cube = open_spectra(cube_path)
+cube = gd.open_spectra(cube_path)
 print(cube.sizes, "chunks along star:", cube.flux.chunks[0])""",
 """cluster = LocalCluster(n_workers=int(os.environ.get("GSN_NB_WORKERS", 2)), threads_per_worker=1,
                        dashboard_address="127.0.0.1:0")
@@ -123,9 +108,9 @@ print("dashboard:", client.dashboard_link)""",
 """import json
 
 # default settings; GSN_NB_CONFIG (JSON) overrides some, e.g. short chains in the tests
-config = FitConfig.from_dict(json.loads(os.environ.get("GSN_NB_CONFIG", "{}")))
-results = run_fit(cube_path, demo / "model", demo / "notebook_results.zarr", config=config,
-                  client=client, chunk_size=int(os.environ.get("GSN_NB_CHUNK", 32)), overwrite=True)
+config = gd.FitConfig.from_dict(json.loads(os.environ.get("GSN_NB_CONFIG", "{}")))
+results = gd.fit_store(cube_path, demo / "model", demo / "notebook_results.zarr", config=config,
+                       client=client, chunk_size=int(os.environ.get("GSN_NB_CHUNK", 32)), overwrite=True)
 results""",
 """results = results.load()
 print(int((results.status == "ok").sum()), "ok of", results.sizes["star"])

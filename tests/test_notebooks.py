@@ -59,3 +59,15 @@ def test_dask_dashboard_notebook(demo_dir, tiny_fit_config):
     cfg = json.dumps(tiny_fit_config.to_dict())
     _run(NOTEBOOKS / "02_dask_dashboard.ipynb",
          {"GSN_DEMO_DIR": str(demo_dir), "GSN_NB_WORKERS": "1", "GSN_NB_CHUNK": "8", "GSN_NB_CONFIG": cfg})
+
+
+def test_notebooks_use_the_public_api_only():
+    """Users learn from the notebooks: they import ``gsn_dask`` (the flat API), never its modules."""
+    import re
+
+    import nbformat
+
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+        code = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+        assert "import gsn_dask as gd" in code, path.name
+        assert not re.findall(r"(?:from|import)\s+gsn_dask\.", code), path.name
