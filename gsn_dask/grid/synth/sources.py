@@ -14,13 +14,14 @@ checked against pinned sha256 sums and read with :mod:`tarfile` / :mod:`zipfile`
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from ..libraries import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +80,6 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
     root = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / "synth"
     root.mkdir(parents=True, exist_ok=True)
     return root
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify(archive: Archive, path: str | Path) -> Path:
