@@ -196,6 +196,42 @@ def plot_kiel(matched: xr.Dataset) -> Figure | None:
     return fig
 
 
+def _alpha_columns(m: xr.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Our [alpha/Fe] with its [p16, p84] (matched label or unmatched ``alpha_fe`` variables)."""
+    if "alpha_fe" in _labels(m):
+        return _col(m, "ours", "alpha_fe"), _col(m, "p16", "alpha_fe"), _col(m, "p84", "alpha_fe")
+    if "alpha_fe" in m:
+        return tuple(np.asarray(m[v].values, np.float64) for v in ("alpha_fe", "alpha_fe_p16", "alpha_fe_p84"))
+    return None
+
+
+def plot_alpha_plane(matched: xr.Dataset) -> Figure | None:
+    """[alpha/Fe] (ours, with 68% intervals and a running median) against [Fe/H] (the reference's
+    where it has one, else ours), with the Galactic pattern for orientation: alpha-enhanced
+    (+0.3) below [Fe/H] = -1, falling to 0 at solar. None without our [alpha/Fe] or any [Fe/H]."""
+    m = _selected(matched)
+    alpha = _alpha_columns(m)
+    if alpha is None or "feh" not in _labels(m):
+        return None
+    y, lo, hi = alpha
+    src = "ref" if np.isfinite(_col(m, "ref", "feh")).any() else "ours"
+    x = _col(m, src, "feh")
+    ok = np.isfinite(x) & np.isfinite(y)
+    fig = Figure(figsize=(6.0, 4.4), layout="constrained")
+    ax = fig.subplots()
+    ax.errorbar(x[ok], y[ok], yerr=np.vstack([y[ok] - lo[ok], hi[ok] - y[ok]]), fmt="o", ms=3, lw=0.5, alpha=0.5,
+                color="C0", label=f"stars (N = {int(ok.sum())})")
+    if ok.sum() >= 20:
+        xc, med, _, _ = _running(x[ok], y[ok], nbins=min(12, int(ok.sum()) // 10))
+        ax.plot(xc, med, color="C3", lw=2, label="running median")
+    ax.plot([-3.0, -1.0, 0.0, 0.6], [0.3, 0.3, 0.0, 0.0], "k--", lw=1, label="Galactic pattern (schematic)")
+    ax.axhline(0.0, color="0.6", lw=0.5)
+    ax.set_xlabel(label_title("feh", " (reference)" if src == "ref" else " (GSN)"))
+    ax.set_ylabel(label_title("alpha_fe", " (GSN)"))
+    ax.legend(fontsize=8)
+    return fig
+
+
 def _running(x: np.ndarray, y: np.ndarray, nbins: int = 12) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Running median and 16/84th percentiles of y in quantile bins of x (>= 10 stars per bin)."""
     if x.size < 20:
@@ -319,5 +355,6 @@ def save_all(matched: xr.Dataset, out_dir: str | Path, *, stats: pd.DataFrame | 
         "kiel": plot_kiel(matched),
         "residuals_snr": plot_residuals_vs_snr(matched, snr_bins, stats),
         "calibration": plot_calibration(matched, calibration),
+        "alpha_plane": plot_alpha_plane(matched),
     }
     return {name: save_figure(fig, out / name, formats) for name, fig in figs.items() if fig is not None}

@@ -7,6 +7,8 @@
   ``TINY_N_GOOD`` = 24 stars drawn from that model (S/N 30-80, rv 0) plus ``TINY_BAD`` = 3 bad
   stars: all-NaN flux, all-zero ivar, and only 40 usable pixels. Its grid extends the model's
   by 25 pixels on each side (so the fit must cut the model's pixel slice).
+* ``four_label_model_dir`` / ``four_label_cube_path``: the same with a fourth label,
+  ``alpha_fe`` (the labels of the synthetic grid's models).
 * ``tiny_fit_config``: a FitConfig with very short chains for runner tests.
 * ``fault_fns``: the module ``tests/fit_faults.py`` (slow / failing ``fit_fn`` callables),
   registered with cloudpickle so Dask and Spark workers receive them by value.
@@ -29,12 +31,15 @@ TINY_PAD = 25  # cube pixels beyond the model grid on each side
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-def _tiny_model():
+FOUR_LABELS = ("teff", "logg", "feh", "alpha_fe")
+
+
+def _tiny_model(labels: tuple[str, ...] = ("teff", "logg", "feh")):
     from gsn_dask.cube import log_lambda_grid
     from gsn_dask.fit.testing import toy_model
 
     return toy_model(
-        labels=("teff", "logg", "feh"),
+        labels=labels,
         hidden=(32, 32, 32),
         wavelength=log_lambda_grid(4800.0, 5600.0),
         n_train=800,
@@ -53,11 +58,30 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_cube_path(tiny_model_dir, tmp_path_factory) -> Path:
     """A normalised spectra cube of 27 stars (24 good, 3 bad), zarr chunks of 8 stars."""
+    return _tiny_cube(tiny_model_dir, tmp_path_factory.mktemp("tiny_cube") / "cube.zarr")
+
+
+@pytest.fixture(scope="session")
+def four_label_model_dir(tmp_path_factory) -> Path:
+    """The tiny GSN with a fourth label, ``alpha_fe`` (-0.2..0.6 dex), as the synthetic grid's models have."""
+    d = tmp_path_factory.mktemp("tiny_model4") / "model"
+    _tiny_model(FOUR_LABELS).save(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def four_label_cube_path(four_label_model_dir, tmp_path_factory) -> Path:
+    """Like ``tiny_cube_path`` (27 stars, 3 bad, chunks of 8), drawn from the four-label model."""
+    return _tiny_cube(four_label_model_dir, tmp_path_factory.mktemp("tiny_cube4") / "cube.zarr")
+
+
+def _tiny_cube(model_dir: Path, path: Path) -> Path:
+    """Write the tiny test cube drawn from the model in ``model_dir`` (see module docstring)."""
     from gsn_dask.cube import LAMOST_LOG10_STEP, make_spectra, write_spectra
     from gsn_dask.emulator import load_model
     from gsn_dask.fit.testing import noisy_spectrum
 
-    model = load_model(tiny_model_dir)
+    model = load_model(model_dir)
     rng = np.random.default_rng(42)
     lw = np.log10(model.wavelength)
     k = np.arange(-TINY_PAD, model.n_pix + TINY_PAD)
@@ -89,7 +113,6 @@ def tiny_cube_path(tiny_model_dir, tmp_path_factory) -> Path:
         snr=snr, labels={name: truth[:, j] for j, name in enumerate(model.label_names)},
         source=[f"tiny/{s}" for s in ids], normalised=True, history="tests/conftest.py tiny cube",
     )
-    path = tmp_path_factory.mktemp("tiny_cube") / "cube.zarr"
     write_spectra(ds, path, chunk_size=TINY_CHUNK)
     return path
 

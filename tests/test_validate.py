@@ -351,6 +351,28 @@ def test_write_report_files(tmp_path):
     assert len(matched) == 500 and "diff_teff" in matched.columns
 
 
+def test_alpha_plane_when_the_reference_has_no_alpha(tmp_path):
+    """A four-label fit against a three-label reference (LASP, MILES): [alpha/Fe] is not compared
+    but kept per matched star and drawn against the reference [Fe/H]."""
+    four = LABELS + ["alpha_fe"]
+    res, spectra, ref = make_set(n=300, labels=four, bias=list(BIAS) + [0.05], sigma=list(SIGMA) + [0.05])
+    spectra = spectra.drop_vars("label_alpha_fe")
+    rep = validate(res, spectra, cube=spectra)
+    assert rep.labels == LABELS
+    sel = np.asarray(rep.matched["ref_row"].values)
+    np.testing.assert_allclose(rep.matched["alpha_fe"].values, res["median"].values[sel, 3])
+    paths = write_report(rep, tmp_path / "rep", formats=("png",))
+    assert "alpha_plane.png" in {p.name for p in paths}
+    _check_png(tmp_path / "rep" / "alpha_plane.png")
+    assert "![alpha_plane](alpha_plane.png)" in (tmp_path / "rep" / "report.md").read_text()
+    matched = pd.read_csv(tmp_path / "rep" / "matched.csv")
+    np.testing.assert_allclose(matched["ours_alpha_fe"], res["median"].values[sel, 3], rtol=1e-6)
+    # three labels fitted: no alpha figure
+    res3, spectra3, _ = make_set(n=50)
+    names3 = {p.name for p in write_report(validate(res3, spectra3), tmp_path / "rep3", formats=("png",))}
+    assert "alpha_plane.png" not in names3
+
+
 def test_figures_without_snr_or_kiel_labels(tmp_path):
     res, spectra, _ = make_set(n=50, labels=["feh"])
     spectra["snr"][:] = np.nan

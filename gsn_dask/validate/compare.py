@@ -184,6 +184,18 @@ def _settings(xm: CrossMatch, cols: dict[str, str], use: list[str], *, radius_ar
     }
 
 
+def _add_unmatched_alpha(matched: xr.Dataset, results: xr.Dataset, our_labels: list[str], use: list[str],
+                         hit: np.ndarray) -> None:
+    """When we fit [alpha/Fe] and the reference has none (LASP, MILES), keep ours per matched star
+    (``alpha_fe``, ``alpha_fe_p16``, ``alpha_fe_p84``, dex) for the [alpha/Fe]-[Fe/H] figure."""
+    if "alpha_fe" not in our_labels or "alpha_fe" in use:
+        return
+    a = results[["median", "p16", "p84"]].isel(star=hit, label=our_labels.index("alpha_fe")).load()
+    for var, src in (("alpha_fe", "median"), ("alpha_fe_p16", "p16"), ("alpha_fe_p84", "p84")):
+        matched[var] = ("star", np.asarray(a[src].values, np.float64),
+                        {"long_name": f"our [alpha/Fe] ({src}; no reference value)", "units": "dex"})
+
+
 def validate(
     results: xr.Dataset,
     reference: xr.Dataset | pd.DataFrame,
@@ -255,6 +267,7 @@ def validate(
                          n_reference=len(ref_df), n_matched=hit.size, n_selected=int(selected.sum()),
                          thresholds=thresholds, use_ref_errors=use_ref_errors, results_attrs=results.attrs)
     matched.attrs.update({k: str(v) for k, v in settings.items()})
+    _add_unmatched_alpha(matched, results, our_labels, use, hit)
     stats, calibration = compute_stats(matched, snr_bins=snr_bins, thresholds=settings["thresholds"])
     return ValidationReport(matched=matched, stats=stats, calibration=calibration, labels=list(use),
                             snr_bins=snr_bins, settings=settings)

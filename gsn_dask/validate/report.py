@@ -110,6 +110,9 @@ def _matched_frame(matched: xr.Dataset) -> pd.DataFrame:
     for v in ("ours", "ref", "ref_err", "p16", "p84", "diff", "z"):
         for j, lab in enumerate(labels):
             cols[f"{v}_{lab}"] = np.asarray(matched[v].values[:, j])
+    for v in ("alpha_fe", "alpha_fe_p16", "alpha_fe_p84"):  # ours only, where the reference has none
+        if v in matched:
+            cols[f"ours_{v}" if v == "alpha_fe" else v] = np.asarray(matched[v].values)
     return pd.DataFrame(cols)
 
 
@@ -134,7 +137,7 @@ def write_report(report: ValidationReport, out_dir: str | Path, *, figures: bool
                  formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
     """Write the report to ``out_dir``: ``stats.csv/.ecsv``, ``calibration.csv/.ecsv``,
     ``matched.csv`` (one row per matched star), figures (``one_to_one``, ``kiel``,
-    ``residuals_snr``, ``calibration``; PNG and PDF) and ``report.md``. Returns the paths."""
+    ``residuals_snr``, ``calibration``, ``alpha_plane`` when we fit [alpha/Fe]; PNG and PDF) and ``report.md``. Returns the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"diff": "ours - reference", **report.settings}
@@ -218,7 +221,8 @@ def report_markdown(report: ValidationReport, fig_paths: Mapping[str, Sequence[P
     if fig_paths:
         lines += ["", "## Figures", ""]
         titles = {"one_to_one": "One-to-one and residuals", "kiel": "Kiel diagram (reference | ours)",
-                  "residuals_snr": "Residuals vs S/N", "calibration": "Posterior calibration (z)"}
+                  "residuals_snr": "Residuals vs S/N", "calibration": "Posterior calibration (z)",
+                  "alpha_plane": "[alpha/Fe] against [Fe/H] (ours; the Galactic pattern for orientation)"}
         for key, paths in fig_paths.items():
             if not paths:
                 continue

@@ -238,3 +238,33 @@ def test_failed_chunks_flagged_then_resumed(spark, tmp_path, tiny_cube_path, tin
                            progress=False, resume=True)
     assert again.n_skipped == 0 and again.n_fitted_chunks == 2 and again.failed_chunks == []
     assert_same_results(again.results.load(), serial_reference)  # chunking does not change the numbers
+
+
+@pytest.mark.parametrize("sampler", ["emcee", "batched"])
+def test_four_label_model_equals_serial(sampler, spark, tmp_path, four_label_cube_path, four_label_model_dir,
+                                        tiny_fit_config):
+    """A four-label model (``alpha_fe``, as the synthetic grid's models have) through Spark: the
+    same numbers as the serial engine, ``alpha_fe`` among the labels."""
+    if sampler == "batched":
+        pytest.importorskip("torch")
+    from gsn_dask.pipeline import run_fit
+    from spark_compat.runner import fit_cube_spark
+
+    import dataclasses  # 4 labels + rv: at least 10 walkers
+
+    kw = dict(config=dataclasses.replace(tiny_fit_config, n_walkers=10), seed=SEED, sampler=sampler, progress=False)
+    ref = run_fit(four_label_cube_path, four_label_model_dir, tmp_path / "serial.zarr", engine="serial",
+                  chunk_size=4, **kw).load()
+    got = fit_cube_spark(four_label_cube_path, four_label_model_dir, tmp_path / "spark.zarr", spark=spark,
+                         chunk_size=4, **kw).results.load()
+    assert _strs(got["label"].values) == ["teff", "logg", "feh", "alpha_fe"]
+    if sampler == "batched":  # chi2 at the MAP is a float32 torch reduction (thread count)
+        np.testing.assert_allclose(got["chi2_reduced"].values, ref["chi2_reduced"].values, rtol=1e-6)
+        ref = ref.drop_vars("chi2_reduced")
+        got = got.drop_vars("chi2_reduced")
+        for name in LABEL_VARS + ("rv", "flag"):
+            np.testing.assert_array_equal(np.asarray(got[name].values), np.asarray(ref[name].values), err_msg=name)
+    else:
+        assert_same_results(got, ref)
+    ok = np.array(_strs(got["status"].values)) == "ok"
+    assert ok.sum() == N_STAR - len(BAD) and np.all(np.isfinite(got["median"].sel(label="alpha_fe").values[ok]))

@@ -1,0 +1,165 @@
+"""The four-label GSN of the synthetic grid (issue 18): train, cross-validate, fit MILES and LAMOST.
+
+Side by side in one run, on the same stars with the same sampler:
+
+1. the synthetic training cube from the spectra shipped in the package plus any finished in
+   ``--store`` (:func:`gsn_dask.grid.synth.cube.merge`), and a GSN trained on it with the
+   default recipe (``gsn-dask train``'s, labels teff, logg, feh, alpha_fe), its label
+   systematics calibrated like every model; its emulator cross-validation;
+2. fits of the MILES stars (the MILES training cube, literature labels) with the synthetic model;
+3. fits of the LAMOST stars with LASP labels with the synthetic model and with the shipped MILES
+   model (``--miles-model``), bias / 1.4826 MAD / in-68% per label and S/N set;
+4. the [alpha/Fe] pattern: median [alpha/Fe] of stars with [Fe/H] < -1 and of stars with
+   |[Fe/H]| < 0.2 (by the reference [Fe/H]), and the [alpha/Fe]-[Fe/H] plane as a figure.
+
+    gsn-dask grid miles --out miles.zarr
+    gsn-dask ingest ../shared/data/lamost --recursive --labels ../shared/data/lamost/dr1_labels_lasp.csv --out lamost.zarr
+    python benchmarks/synth_model.py --miles-cube miles.zarr --lamost-cube lamost.zarr --work synth_model
+
+Saves ``benchmarks/results/synth_model.json`` and ``synth_model_alpha.png`` beside it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import gsn_dask as gd
+from gsn_dask.api import DEFAULT_MODEL_DIR
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lamost_labels import _stats  # noqa: E402  (the same statistics as the issue-15 measurement)
+
+OUT = Path(__file__).resolve().parent / "results" / "synth_model.json"
+
+
+def build_cube(store: Path | None, out: Path) -> tuple[Path, int]:
+    """The training cube of every synthetic spectrum available (shipped + ``store``)."""
+    from gsn_dask.grid.synth.cube import merge, read_shipped, write_cube
+    from gsn_dask.grid.synth.generator import load_record, spectrum_key, LABELS
+
+    shipped = read_shipped()
+    config = shipped["config"]
+    recs = []
+    if store is not None and (store / "spectra").is_dir():
+        for p in sorted((store / "spectra").glob("*.npz")):
+            if p.name.startswith("."):
+                continue
+            r = load_record(p)
+            if spectrum_key(dict(zip(LABELS, r["labels"])), config) == r["key"]:  # same settings only
+                recs.append(r)
+    records = merge(shipped, recs)
+    write_cube(records, out, config=config, overwrite=True)
+    return out, len(records["key"])
+
+
+def fit_against(cube_path: Path, model, sampler: str, seed: int) -> dict:
+    """Fit the stars of ``cube_path`` with reference labels; stats per label and set, and the fits."""
+    cube = gd.open_spectra(cube_path)
+    has = np.isfinite(np.asarray(cube["label_teff"].values, float))
+    sub = cube.isel(star=np.flatnonzero(has)).load()
+    c0 = time.process_time()
+    res = gd.fit(sub, model, sampler=sampler, seed=seed)
+    cpu = (time.process_time() - c0) / sub.sizes["star"]
+    snr = np.asarray(sub["snr"].values, float) if "snr" in sub else np.full(sub.sizes["star"], np.inf)
+    teff = np.asarray(sub["label_teff"].values, float)
+    grid = (teff >= 4000) & (teff <= 7000)  # the synthetic grid's Teff range
+    sets = {"snr>30": snr > 30, "snr>30, ref Teff 4000-7000 K": (snr > 30) & grid, "ref Teff 4000-7000 K": grid,
+            "all": np.isfinite(teff)}
+    out: dict = {"n_stars": int(sub.sizes["star"]), "cpu_s_per_star": cpu,
+                 "n_ok": int(sum(str(s) == "ok" for s in res["status"].values)), "sets": {}}
+    names = [str(x) for x in res["label"].values]
+    for name, sel in sets.items():
+        out["sets"][name] = {
+            lab: _stats(res["median"].values[sel, j], sub[f"label_{lab}"].values[sel], res["p16"].values[sel, j],
+                        res["p84"].values[sel, j])
+            for j, lab in enumerate(names) if f"label_{lab}" in sub
+        }
+    return {"stats": out, "results": res, "ref_feh": np.asarray(sub["label_feh"].values, float), "snr": snr}
+
+
+def alpha_pattern(fit: dict) -> dict:
+    """Median [alpha/Fe] (and its spread) of metal-poor ([Fe/H]_ref < -1) and near-solar stars."""
+    res, feh = fit["results"], fit["ref_feh"]
+    ok = np.array([str(s) == "ok" for s in res["status"].values])
+    alpha = res["median"].sel(label="alpha_fe").values
+    out = {}
+    for name, sel in (("feh < -1", feh < -1), ("-1 <= feh < -0.5", (feh >= -1) & (feh < -0.5)),
+                      ("|feh| < 0.2", np.abs(feh) < 0.2)):
+        a = alpha[ok & sel]
+        out[name] = {"n": int(a.size), "median_alpha_fe": float(np.median(a)) if a.size else None,
+                     "mad_std": float(1.4826 * np.median(np.abs(a - np.median(a)))) if a.size else None}
+    return out
+
+
+def alpha_figure(fits: dict[str, dict], path: Path) -> None:
+    """[alpha/Fe] (ours) against [Fe/H] (reference) for each fitted sample."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(fits), figsize=(5 * len(fits), 4), sharey=True, layout="constrained")
+    for ax, (name, fit) in zip(np.atleast_1d(axes), fits.items()):
+        res = fit["results"]
+        ok = np.array([str(s) == "ok" for s in res["status"].values])
+        a = res.sel(label="alpha_fe")
+        x, y = fit["ref_feh"][ok], a["median"].values[ok]
+        yerr = np.vstack([y - a["p16"].values[ok], a["p84"].values[ok] - y])
+        ax.errorbar(x, y, yerr=yerr, fmt="o", ms=3, lw=0.5, alpha=0.6)
+        ax.plot([-2.5, -1.0, 0.0, 0.5], [0.35, 0.35, 0.0, 0.0], "k--", lw=1, label="thick/halo to thin disc (schematic)")
+        ax.set_xlabel("[Fe/H] (reference)")
+        ax.set_title(f"{name} (N = {int(ok.sum())})")
+    np.atleast_1d(axes)[0].set_ylabel(r"[$\alpha$/Fe] (synthetic GSN)")
+    np.atleast_1d(axes)[0].legend(fontsize=8)
+    fig.savefig(path, dpi=130)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--miles-cube", type=Path, required=True)
+    ap.add_argument("--lamost-cube", type=Path, required=True)
+    ap.add_argument("--store", type=Path, default=None, help="grid synth store with spectra not yet shipped")
+    ap.add_argument("--work", type=Path, required=True, help="folder for the cube and the model")
+    ap.add_argument("--miles-model", type=Path, default=DEFAULT_MODEL_DIR)
+    ap.add_argument("--sampler", default="emcee")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="training recipe override (JSON)")
+    ap.add_argument("--save", type=Path, default=OUT)
+    args = ap.parse_args(argv)
+    from gsn_dask.calibration import train_and_calibrate
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    cube, n_spec = build_cube(args.store, args.work / "synth.zarr")
+    overrides = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.set)}
+    t0 = time.perf_counter()
+    model, rep = train_and_calibrate(cube, progress=False, **overrides)
+    train_s = time.perf_counter() - t0
+    model.save(args.work / "model")
+    cv = {k: v for k, v in model.meta.get("cv", {}).items() if k != "folds"}
+    print(f"trained on {n_spec} synthetic spectra in {train_s:.0f} s; CV: {cv}")
+    miles_model = gd.load_model(args.miles_model)
+    fits = {"MILES (literature)": fit_against(args.miles_cube, model, args.sampler, args.seed),
+            "LAMOST (LASP)": fit_against(args.lamost_cube, model, args.sampler, args.seed)}
+    lamost_miles = fit_against(args.lamost_cube, miles_model, args.sampler, args.seed)
+    out = {
+        "n_synthetic_spectra": n_spec, "train_wall_s": train_s, "recipe_overrides": overrides,
+        "emulator_cv": cv, "label_systematics": (model.meta.get("label_systematics") or {}).get("sigma"),
+        "sampler": args.sampler, "seed": args.seed,
+        "synthetic_model": {k: v["stats"] for k, v in fits.items()},
+        "miles_model_on_lamost": lamost_miles["stats"],
+        "alpha_pattern": {k: alpha_pattern(v) for k, v in fits.items()},
+    }
+    print(json.dumps({k: v for k, v in out.items() if k != "emulator_cv"}, indent=1, default=str))
+    args.save.parent.mkdir(parents=True, exist_ok=True)
+    args.save.write_text(json.dumps(out, indent=1, default=str))
+    alpha_figure(fits, args.save.with_name("synth_model_alpha.png"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
