@@ -9,7 +9,10 @@ Side by side in one run, on the same stars with the same sampler:
 2. fits of the MILES stars (the MILES training cube, literature labels) with the synthetic model;
 3. fits of the LAMOST stars with LASP labels with the synthetic model and with the shipped MILES
    model (``--miles-model``), bias / 1.4826 MAD / in-68% per label and S/N set;
-4. the [alpha/Fe] pattern: median [alpha/Fe] of stars with [Fe/H] < -1 and of stars with
+4. the scale question of issue 15 (:func:`scale_transfer`): with the synthetic model as a common
+   ruler, how much of the MILES model's offset against LASP is a MILES-literature vs LASP scale
+   difference and how much is the MILES model's own;
+5. the [alpha/Fe] pattern: median [alpha/Fe] of stars with [Fe/H] < -1 and of stars with
    |[Fe/H]| < 0.2 (by the reference [Fe/H]), and the [alpha/Fe]-[Fe/H] plane as a figure.
 
     gsn-dask grid miles --out miles.zarr
@@ -79,7 +82,38 @@ def fit_against(cube_path: Path, model, sampler: str, seed: int) -> dict:
                         res["p84"].values[sel, j])
             for j, lab in enumerate(names) if f"label_{lab}" in sub
         }
-    return {"stats": out, "results": res, "ref_feh": np.asarray(sub["label_feh"].values, float), "snr": snr}
+    ref = {lab: np.asarray(sub[f"label_{lab}"].values, float) for lab in names if f"label_{lab}" in sub}
+    return {"stats": out, "results": res, "ref_feh": ref["feh"], "ref": ref, "snr": snr}
+
+
+def scale_transfer(miles: dict, lamost: dict, lamost_miles_model: dict) -> dict:
+    """Is the [Fe/H] (etc.) offset of the MILES model against LASP ours or a scale difference?
+
+    On the LAMOST stars with LASP S/N > 30 inside the grid's Teff range, and on the MILES stars
+    inside the same Teff / log g / [Fe/H] box, the synthetic model's median offset against each
+    reference: offset(synth - LASP) - offset(synth - MILES literature) estimates the scale
+    difference MILES literature - LASP on such stars (the synthetic model is the common ruler).
+    The MILES model's own offset against LASP minus that scale difference is what the MILES model
+    adds on survey spectra. Also: LAMOST labels of the synthetic model with its MILES offsets removed."""
+    sel_l = (lamost["snr"] > 30) & (lamost["ref"]["teff"] >= 4000) & (lamost["ref"]["teff"] <= 7000)
+    box = {k: (np.nanmin(v[sel_l]), np.nanmax(v[sel_l])) for k, v in lamost["ref"].items()}
+    sel_m = np.all([(miles["ref"][k] >= lo) & (miles["ref"][k] <= hi) for k, (lo, hi) in box.items()], axis=0)
+    out = {"box": box, "n_lamost": int(sel_l.sum()), "n_miles": int(sel_m.sum()), "labels": {}}
+    for lab in box:
+        def off(fit: dict, sel: np.ndarray) -> np.ndarray:
+            return fit["results"]["median"].sel(label=lab).values[sel] - fit["ref"][lab][sel]
+
+        d_sl, d_sm, d_ml = off(lamost, sel_l), off(miles, sel_m), off(lamost_miles_model, sel_l)
+        scale = float(np.median(d_sl) - np.median(d_sm))
+        cal = d_sl - np.median(d_sm)
+        out["labels"][lab] = {
+            "synth_minus_lasp": float(np.median(d_sl)), "synth_minus_miles_lit": float(np.median(d_sm)),
+            "miles_lit_minus_lasp_scale": scale, "miles_model_minus_lasp": float(np.median(d_ml)),
+            "miles_model_own_offset": float(np.median(d_ml) - scale),
+            "synth_calibrated_to_miles_vs_lasp": {"bias": float(np.median(cal)),
+                                                  "mad_std": float(1.4826 * np.median(np.abs(cal - np.median(cal))))},
+        }
+    return out
 
 
 def alpha_pattern(fit: dict) -> dict:
@@ -153,11 +187,12 @@ def main(argv: list[str] | None = None) -> int:
         "synthetic_model": {k: v["stats"] for k, v in fits.items()},
         "miles_model_on_lamost": lamost_miles["stats"],
         "alpha_pattern": {k: alpha_pattern(v) for k, v in fits.items()},
+        "scale_transfer": scale_transfer(fits["MILES (literature)"], fits["LAMOST (LASP)"], lamost_miles),
     }
     print(json.dumps({k: v for k, v in out.items() if k != "emulator_cv"}, indent=1, default=str))
     args.save.parent.mkdir(parents=True, exist_ok=True)
     args.save.write_text(json.dumps(out, indent=1, default=str))
-    alpha_figure(fits, args.save.with_name("synth_model_alpha.png"))
+    alpha_figure(fits, args.save.with_name(args.save.stem + "_alpha.png"))
     return 0
 
 
