@@ -42,19 +42,11 @@ OUT = Path(__file__).resolve().parent / "results" / "synth_model.json"
 
 def build_cube(store: Path | None, out: Path) -> tuple[Path, int]:
     """The training cube of every synthetic spectrum available (shipped + ``store``)."""
-    from gsn_dask.grid.synth.cube import merge, read_shipped, write_cube
-    from gsn_dask.grid.synth.generator import load_record, spectrum_key, LABELS
+    from gsn_dask.grid.synth.cube import merge, read_shipped, store_records, write_cube
 
     shipped = read_shipped()
     config = shipped["config"]
-    recs = []
-    if store is not None and (store / "spectra").is_dir():
-        for p in sorted((store / "spectra").glob("*.npz")):
-            if p.name.startswith("."):
-                continue
-            r = load_record(p)
-            if spectrum_key(dict(zip(LABELS, r["labels"])), config) == r["key"]:  # same settings only
-                recs.append(r)
+    recs = store_records(store, config) if store is not None else []  # same settings only
     records = merge(shipped, recs)
     write_cube(records, out, config=config, overwrite=True)
     return out, len(records["key"])
@@ -83,7 +75,7 @@ def fit_against(cube_path: Path, model, sampler: str, seed: int) -> dict:
             for j, lab in enumerate(names) if f"label_{lab}" in sub
         }
     ref = {lab: np.asarray(sub[f"label_{lab}"].values, float) for lab in names if f"label_{lab}" in sub}
-    return {"stats": out, "results": res, "ref_feh": ref["feh"], "ref": ref, "snr": snr}
+    return {"stats": out, "results": res, "ref": ref, "snr": snr}
 
 
 def scale_transfer(miles: dict, lamost: dict, lamost_miles_model: dict) -> dict:
@@ -118,7 +110,7 @@ def scale_transfer(miles: dict, lamost: dict, lamost_miles_model: dict) -> dict:
 
 def alpha_pattern(fit: dict) -> dict:
     """Median [alpha/Fe] (and its spread) of metal-poor ([Fe/H]_ref < -1) and near-solar stars."""
-    res, feh = fit["results"], fit["ref_feh"]
+    res, feh = fit["results"], fit["ref"]["feh"]
     ok = np.array([str(s) == "ok" for s in res["status"].values])
     alpha = res["median"].sel(label="alpha_fe").values
     out = {}
@@ -137,15 +129,17 @@ def alpha_figure(fits: dict[str, dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from gsn_dask.plots import GALACTIC_ALPHA_PATTERN
+
     fig, axes = plt.subplots(1, len(fits), figsize=(5 * len(fits), 4), sharey=True, layout="constrained")
     for ax, (name, fit) in zip(np.atleast_1d(axes), fits.items()):
         res = fit["results"]
         ok = np.array([str(s) == "ok" for s in res["status"].values])
         a = res.sel(label="alpha_fe")
-        x, y = fit["ref_feh"][ok], a["median"].values[ok]
+        x, y = fit["ref"]["feh"][ok], a["median"].values[ok]
         yerr = np.vstack([y - a["p16"].values[ok], a["p84"].values[ok] - y])
         ax.errorbar(x, y, yerr=yerr, fmt="o", ms=3, lw=0.5, alpha=0.6)
-        ax.plot([-2.5, -1.0, 0.0, 0.5], [0.35, 0.35, 0.0, 0.0], "k--", lw=1, label="thick/halo to thin disc (schematic)")
+        ax.plot(*GALACTIC_ALPHA_PATTERN, "k--", lw=1, label="Galactic pattern (schematic)")
         ax.set_xlabel("[Fe/H] (reference)")
         ax.set_title(f"{name} (N = {int(ok.sum())})")
     np.atleast_1d(axes)[0].set_ylabel(r"[$\alpha$/Fe] (synthetic GSN)")

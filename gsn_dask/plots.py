@@ -205,6 +205,10 @@ def _alpha_columns(m: xr.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray] |
     return None
 
 
+#: the Galactic [alpha/Fe]-[Fe/H] pattern, schematic, for orientation: (feh, alpha_fe) vertices, dex
+GALACTIC_ALPHA_PATTERN = ((-3.0, -1.0, 0.0, 0.6), (0.3, 0.3, 0.0, 0.0))
+
+
 def plot_alpha_plane(matched: xr.Dataset) -> Figure | None:
     """[alpha/Fe] (ours, with 68% intervals and a running median) against [Fe/H] (the reference's
     where it has one, else ours), with the Galactic pattern for orientation: alpha-enhanced
@@ -224,7 +228,7 @@ def plot_alpha_plane(matched: xr.Dataset) -> Figure | None:
     if ok.sum() >= 20:
         xc, med, _, _ = _running(x[ok], y[ok], nbins=min(12, int(ok.sum()) // 10))
         ax.plot(xc, med, color="C3", lw=2, label="running median")
-    ax.plot([-3.0, -1.0, 0.0, 0.6], [0.3, 0.3, 0.0, 0.0], "k--", lw=1, label="Galactic pattern (schematic)")
+    ax.plot(*GALACTIC_ALPHA_PATTERN, "k--", lw=1, label="Galactic pattern (schematic)")
     ax.axhline(0.0, color="0.6", lw=0.5)
     ax.set_xlabel(label_title("feh", " (reference)" if src == "ref" else " (GSN)"))
     ax.set_ylabel(label_title("alpha_fe", " (GSN)"))

@@ -87,6 +87,22 @@ def read_shipped(folder: str | Path | None = None) -> dict[str, Any]:
     }
 
 
+def store_records(store: str | Path, config: SynthConfig | None = None, skip: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """The records finished in ``store`` (key order), except the keys in ``skip``; with ``config``,
+    only those made with those settings (their key is the key of their labels under ``config``)."""
+    from .generator import spectrum_key
+
+    skip = set(skip)
+    recs = []
+    for path in sorted((Path(store) / "spectra").glob("*.npz")):
+        if path.name.startswith(".") or path.name[:-4] in skip:
+            continue
+        rec = load_record(path)
+        if config is None or spectrum_key(dict(zip(LABELS, rec["labels"])), config) == rec["key"]:
+            recs.append(rec)
+    return recs
+
+
 def pack(store: str | Path, dest: str | Path | None = None, config: SynthConfig | None = None) -> Path | None:
     """Pack the store's records not yet shipped into a new ``part-NNN.npz`` in ``dest``
     (default: the package's ``data/synth``) and update ``manifest.json``. Returns the new part,
@@ -95,17 +111,7 @@ def pack(store: str | Path, dest: str | Path | None = None, config: SynthConfig 
     dest.mkdir(parents=True, exist_ok=True)
     shipped = read_shipped(dest)
     config = config or shipped["config"]
-    have = set(shipped["key"])
-    recs = []
-    for path in sorted((Path(store) / "spectra").glob("*.npz")):
-        if path.name.startswith(".") or path.name[:-4] in have:
-            continue
-        rec = load_record(path)
-        recs.append(rec)
-    if config is not None:
-        from .generator import spectrum_key
-
-        recs = [r for r in recs if spectrum_key(dict(zip(LABELS, r["labels"])), config) == r["key"]]
+    recs = store_records(store, config, skip=set(shipped["key"]))
     if not recs:
         return None
     if config is None:
@@ -204,11 +210,11 @@ def write_cube(
     return write_spectra(ds, out, chunk_size=chunk_size)
 
 
-def merge(shipped: Mapping[str, Any], store_records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+def merge(shipped: Mapping[str, Any], records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Shipped spectra plus store records not among them, in one packed-style dict."""
     keys, labels, raws, atm = list(shipped["key"]), [shipped["labels"]], [shipped["raw"]], list(shipped["atmosphere"])
     seen = set(keys)
-    for r in store_records:
+    for r in records:
         if r["key"] in seen:
             continue
         seen.add(r["key"])
