@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import time
+import json
 from pathlib import Path
 
 import numpy as np
@@ -98,3 +99,32 @@ def start_local_cluster(n_workers: int, *, wait: bool = False):
     if wait:
         client.wait_for_workers(n_workers)
     return cluster, client
+
+
+def fit_settings(pairs: list[str]) -> dict:
+    """FitConfig settings from ``KEY=VALUE`` strings (VALUE as JSON, else a plain string)."""
+    out = {}
+    for kv in pairs:
+        k, v = kv.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def save_tagged(path: Path, tag: str, result: dict) -> None:
+    """Store ``result`` under ``tag`` in the JSON file ``path``, keeping its other tags."""
+    allr = json.loads(path.read_text()) if path.exists() else {}
+    allr[tag] = result
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(allr, indent=1))
+
+
+def add_fit_run_args(ap, save: Path) -> None:  # noqa: ANN001 - argparse.ArgumentParser
+    """The options of a tagged fit-comparison benchmark: --tag, --set, --sampler, --seed, --save."""
+    ap.add_argument("--tag", required=True, help="name of this run in the results file")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="FitConfig setting (JSON value)")
+    ap.add_argument("--sampler", default="emcee")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--save", type=Path, default=save)

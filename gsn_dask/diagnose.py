@@ -79,7 +79,7 @@ def best_fit(cube: xr.Dataset, results: xr.Dataset, model: Any, config: FitConfi
     posterior rv with the likelihood's continuum correction (``model_flux``, NaN on unused edge
     pixels) and ``used`` (pixels the likelihood used). ``config``: the fit's (default: the
     results' ``fit_config`` attr)."""
-    config = config or FitConfig.from_dict(results.attrs.get("fit_config", "{}"))
+    config = (config or FitConfig.from_dict(results.attrs.get("fit_config", "{}"))).for_cube(cube.attrs)
     ok = np.array([str(s) == "ok" for s in np.asarray(results["status"].values)])
     stars = [str(s) for s in np.asarray(results["star"].values)[ok]]
     if not stars:

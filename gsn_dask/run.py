@@ -82,6 +82,7 @@ class CubeMeta:
     wavelength: np.ndarray
     chunk_size: int
     normalised: bool
+    arm_split_aa: float | None = None  # the cube's attrs["arm_split_aa"] (LAMOST ingest: 5900 A)
 
 
 def zarr_cube_meta(cube_path: str | Path) -> CubeMeta:
@@ -89,7 +90,7 @@ def zarr_cube_meta(cube_path: str | Path) -> CubeMeta:
     path = Path(cube_path).expanduser().resolve()
     cube = open_spectra(path)
     return CubeMeta(path, rs.as_str_array(cube["star"].values), np.asarray(cube["wavelength"].values),
-                    cube_chunk_size(cube), bool(cube.attrs.get("normalised", False)))
+                    cube_chunk_size(cube), bool(cube.attrs.get("normalised", False)), cube.attrs.get("arm_split_aa"))
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,7 @@ def prepare_run(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if isinstance(config, Mapping):
         config = FitConfig.from_dict(config)
-    config = config if config is not None else FitConfig()
+    config = (config if config is not None else FitConfig()).for_cube({"arm_split_aa": cube.arm_split_aa})
     out_path = Path(out).expanduser().resolve()
     check_out_path(out_path, cube.path, resume=resume, overwrite=overwrite)
     model_path = Path(model_dir).expanduser().resolve()

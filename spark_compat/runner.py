@@ -350,7 +350,7 @@ def _parquet_cube_meta(path: Path) -> CubeMeta:
 
     meta = parquet_metadata(path)
     return CubeMeta(path, None, np.asarray(meta["wavelength"]), int(meta.get("chunk_size") or 0) or 256,
-                    bool(meta.get("attrs", {}).get("normalised", False)))
+                    bool(meta.get("attrs", {}).get("normalised", False)), meta.get("attrs", {}).get("arm_split_aa"))
 
 
 def _parquet_star_ids(spark: SparkSession, path: Path) -> tuple[DataFrame, np.ndarray]:

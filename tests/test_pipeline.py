@@ -106,7 +106,9 @@ def test_serial_end_to_end(reference, tiny_cube_path, tiny_model_dir, tiny_fit_c
     assert a["model_id"] and a["package_version"] and a["input_cube"] == str(Path(tiny_cube_path).resolve())
     from gsn_dask.fit.config import FitConfig
 
-    assert FitConfig.from_dict(a["fit_config"]) == tiny_fit_config
+    # the stored settings are those used: "auto" arm split resolved from the cube (which records none)
+    assert FitConfig.from_dict(a["fit_config"]) == tiny_fit_config.for_cube({})
+    assert tiny_fit_config.arm_split_aa == "auto" and FitConfig.from_dict(a["fit_config"]).arm_split_aa is None
     s = rs.summarize(out)
     assert s["ok"] + s["flagged"] == TINY_N_GOOD and s["failed"] == len(TINY_BAD) and s["pending"] == 0
 

@@ -167,6 +167,10 @@ def test_calibration_fraction(scale, frac, zstd):
         assert c["z_robust_std"] == pytest.approx(zstd, rel=0.07)
         assert c["n_ref_err"] == 0 and np.isnan(c["z_tot_robust_std"])
         assert row(rep, lab)["frac_in_68"] == pytest.approx(c["frac_in_68"])
+    # the floor that would make the intervals cover the reference: sigma * sqrt(1 - scale^2)
+    extra = rep.calibration.set_index("label")["extra_sigma"].to_numpy()
+    want = SIGMA * np.sqrt(max(0.0, 1 - scale**2))  # near 0 the sqrt amplifies the sampling noise
+    assert np.all(np.abs(extra - want) < (0.35 if scale == 1.0 else 0.1) * SIGMA), extra
 
 
 def test_calibration_with_reference_errors():

@@ -166,7 +166,7 @@ def fit_block(
     ``model_sha256``, ``fit_config`` (JSON of ``config.to_dict()``), ``sampler``, ``seed``,
     ``engine`` ("serial"; runners overwrite it), ``package_version``.
     """
-    config = config or FitConfig()
+    config = (config or FitConfig()).for_cube(block.attrs)  # "auto" arm split: the cube's
     check_config(config, model, sampler)  # a run-level error: raise before any star
     fit_many = strategy(sampler)
     labels = list(model.label_names)

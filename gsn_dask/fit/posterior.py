@@ -123,6 +123,33 @@ def merged_priors(
     return out
 
 
+Blocks = list[tuple[int, int, np.ndarray, np.ndarray]]
+
+
+def _column_blocks(mat: np.ndarray, support: np.ndarray) -> Blocks | None:
+    """Columns of ``mat`` (n_pix, m) grouped by the pixel run ``[a, b)`` where ``support`` (same shape)
+    is non-zero: ``[(a, b, columns, mat[a:b, columns])]``; all-zero columns are left out. None when
+    every column spans every pixel (then one plain product is cheapest)."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for j in range(mat.shape[1]):
+        nz = np.flatnonzero(support[:, j])
+        if nz.size:
+            groups.setdefault((int(nz[0]), int(nz[-1]) + 1), []).append(j)
+    if list(groups) == [(0, mat.shape[0])] and len(groups[(0, mat.shape[0])]) == mat.shape[1]:
+        return None
+    return [(a, b, np.array(cols), np.ascontiguousarray(mat[a:b, cols])) for (a, b), cols in groups.items()]
+
+
+def _blocked_matmul(x: np.ndarray, mat: np.ndarray, blocks: Blocks | None) -> np.ndarray:
+    """``x @ mat`` with ``mat``'s column blocks (:func:`_column_blocks`): only their pixel runs."""
+    if blocks is None:
+        return x @ mat
+    out = np.zeros((x.shape[0], mat.shape[1]), dtype=np.result_type(x, mat))
+    for a, b, cols, sub in blocks:
+        out[:, cols] = x[:, a:b] @ sub
+    return out
+
+
 class SpectrumPosterior:
     """log p(labels, rv | spectrum) for one normalised spectrum on ``model.wavelength``.
 
@@ -175,13 +202,17 @@ class SpectrumPosterior:
         )
 
         # ---- continuum basis and the fixed matrices of the normal equations
-        self.T = continuum_basis(self.wavelength_used, int(config.cheb_degree), config.arm_split_aa)
+        self.T = continuum_basis(self.wavelength_used, int(config.cheb_degree), config.split_aa)
         self.n_cont = self.T.shape[1]
         self._pairs = [(j, k) for j in range(self.n_cont) for k in range(j, self.n_cont)]
         self._wfT = np.ascontiguousarray((self.w * self.f)[:, None] * self.T)  # (n_used, d+1)
         self._wTT = np.ascontiguousarray(
             np.stack([self.w * self.T[:, j] * self.T[:, k] for j, k in self._pairs], axis=1)
         )  # (n_used, n_pairs)
+        # with one polynomial per arm, a column is zero outside its arm: multiply only its pixels
+        self._wfT_blocks = _column_blocks(self._wfT, self.T)
+        self._wTT_blocks = _column_blocks(
+            self._wTT, np.stack([self.T[:, j] * self.T[:, k] for j, k in self._pairs], axis=1))
         self._wff = float(np.sum(self.w * self.f**2))
         self._sqrt_w_good = np.sqrt(self.w[self.good])
 
@@ -262,8 +293,8 @@ class SpectrumPosterior:
         """(G (N, k, k), b (N, k)) of the continuum least squares for shifted spectra ms (N, n_used),
         accumulated in float64."""
         ms = np.asarray(ms, dtype=np.float64)
-        b = ms @ self._wfT
-        gp = (ms * ms) @ self._wTT
+        b = _blocked_matmul(ms, self._wfT, self._wfT_blocks)
+        gp = _blocked_matmul(ms * ms, self._wTT, self._wTT_blocks)
         k = self.n_cont
         G = np.empty((ms.shape[0], k, k), dtype=np.float64)
         for p, (j, kk) in enumerate(self._pairs):

@@ -170,7 +170,22 @@ def model_label_systematics(model: Any, cfg: FitConfig) -> LabelSystematics | No
     model has none or ``cfg.label_systematics`` is off. Binned values are used when complete."""
     if not cfg.label_systematics:
         return None
-    return systematics_from_record((getattr(model, "meta", None) or {}).get("label_systematics"), model.label_names)
+    base = systematics_from_record((getattr(model, "meta", None) or {}).get("label_systematics"), model.label_names)
+    return with_extra_systematics(base, model.label_names, cfg.extra_systematics)
+
+
+def with_extra_systematics(base: LabelSystematics | None, label_names: Sequence[str],
+                           extra: Mapping[str, float]) -> LabelSystematics | None:
+    """``base`` with ``extra`` ({label: sigma}, others 0) added in quadrature to its global and
+    binned values; ``base`` itself when ``extra`` is empty, None when both are nothing."""
+    names = list(label_names)
+    add = np.array([float(extra.get(n, 0.0)) for n in names], dtype=np.float64)
+    if not np.any(add > 0):
+        return base
+    if base is None:
+        return LabelSystematics(names, add)
+    binned = None if base.binned is None else np.hypot(base.binned, add[None, :])
+    return LabelSystematics(names, np.hypot(base.sigma, add), base.by, base.edges, binned)
 
 
 def systematics_from_record(rec: Mapping[str, Any] | str | None, label_names: Sequence[str]) -> LabelSystematics | None:
@@ -230,5 +245,6 @@ def widen_intervals(res: FitResult | MutableMapping[str, Any],
     return res
 
 
-__all__ = ["FLUX_LIMIT", "IVAR_LIMIT", "FitResult", "LabelSystematics", "few_pixels", "input_problem", "model_label_systematics",
-           "result_flags", "systematics_from_record", "widen_intervals"]
+__all__ = ["FLUX_LIMIT", "IVAR_LIMIT", "FitResult", "LabelSystematics", "few_pixels", "input_problem",
+           "model_label_systematics", "result_flags", "systematics_from_record", "widen_intervals",
+           "with_extra_systematics"]

@@ -173,7 +173,7 @@ def reference_log_prob(model, flux, ivar, theta, *, config=None, pixel_range: tu
     from numpy.polynomial import chebyshev
 
     from .config import FitConfig
-    from ..grid.prepare import telluric_mask
+    from ..grid.prepare import sky_mask, telluric_mask
     from .geometry import C_KMS
 
     cfg = config or FitConfig()
@@ -194,13 +194,24 @@ def reference_log_prob(model, flux, ivar, theta, *, config=None, pixel_range: tu
     f = np.asarray(flux, dtype=np.float64)[lo:hi]
     iv = np.asarray(ivar, dtype=np.float64)[lo:hi]
     good = np.isfinite(f) & np.isfinite(iv) & (iv > 0)
+    wl = wave[lo:hi]
     if cfg.mask_telluric:
-        good &= ~telluric_mask(wave[lo:hi])
+        good &= ~telluric_mask(wl)
+    if cfg.mask_sky:
+        good &= ~sky_mask(wl)
+    for a, z in cfg.mask_windows:
+        good &= ~((wl >= a) & (wl <= z))
     emu = np.asarray(model.emulator_error, dtype=np.float64)[lo:hi]
     w = np.zeros_like(f)
     w[good] = 1.0 / (1.0 / iv[good] + emu[good] ** 2)
-    x = 2 * (wave[lo:hi] - wave[lo]) / (wave[hi - 1] - wave[lo]) - 1
-    A = m[:, None] * chebyshev.chebvander(x, cfg.cheb_degree)
+    split = cfg.split_aa
+    arms = [np.ones(wl.size, bool)] if split is None or not wl[0] < split < wl[-1] else [wl < split, wl >= split]
+    basis = []
+    for arm in arms:  # one Chebyshev series per arm, x in [-1, 1] over the arm's pixels
+        x = np.zeros(wl.size)
+        x[arm] = 2 * (wl[arm] - wl[arm][0]) / (wl[arm][-1] - wl[arm][0]) - 1
+        basis.append(chebyshev.chebvander(x, cfg.cheb_degree) * arm[:, None])
+    A = m[:, None] * np.hstack(basis)
     sw = np.sqrt(w[good])
     coef = np.linalg.lstsq(A[good] * sw[:, None], f[good] * sw, rcond=None)[0]
     chi2 = float(np.sum(w[good] * (f[good] - A[good] @ coef) ** 2))

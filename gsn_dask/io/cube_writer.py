@@ -15,6 +15,9 @@ from ..cube import CubeSchemaError, make_spectra, write_spectra
 from .label_table import LabelTable
 from .lamost import LamostSpectrum, TargetGrid
 
+#: vacuum A where LAMOST LRS's blue and red arms are joined (recorded in the cube for the fit)
+LAMOST_ARM_SPLIT_AA = 5900.0
+
 
 # ------------------------------------------------------------------------ writer
 @dataclass(slots=True)
@@ -149,7 +152,10 @@ class CubeWriter:
             normalised=False,
             flux_unit="relative (LAMOST flux calibration)",
             resolution="R~1800 (LAMOST LRS)",
-            attrs=self.attrs,
+            attrs={"arm_split_aa": LAMOST_ARM_SPLIT_AA,
+                   "arm_split_note": "vacuum A where the LAMOST blue and red arms are joined (dichroic ~5700-5900 A); "
+                                     "the fit's default arm_split_aa='auto' uses one continuum polynomial per arm",
+                   **self.attrs},
         )
         ds["snr"].attrs["long_name"] = "S/N per pixel in the g band (header SN_G or SNRG)"
         ds["rv_catalog"].attrs["long_name"] = "LAMOST pipeline radial velocity, Z * c (header Z)"

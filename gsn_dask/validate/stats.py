@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from ..calibration import solve_sigma_sys
 from ..labels import label_unit
 from .reference import _str_values
 
@@ -84,6 +85,9 @@ def _calib_stats(diff: np.ndarray, ref: np.ndarray, p16: np.ndarray, p84: np.nda
         "n_ref_err": int(okt.sum()),
         "frac_in_68_tot": float(np.mean(np.abs(z_tot[okt]) <= 1.0)) if okt.any() else np.nan,
         "z_tot_robust_std": robust_std(z_tot[okt]),
+        # the sigma that, added in quadrature to each side of the intervals, gives median |z| =
+        # 0.6745 (a unit Gaussian's): FitConfig.extra_systematics for this reference
+        "extra_sigma": solve_sigma_sys(diff[ok], 0.5 * (p84[ok] - p16[ok])) if n else np.nan,
     }
     return out
 
@@ -99,7 +103,9 @@ def compute_stats(
     Returns ``stats`` (rows label x snr_bin, bins in order then ``all``; columns label,
     unit, snr_bin, snr_lo, snr_hi, n, bias, mean, std, mad_std, outlier_threshold,
     outlier_frac, frac_in_68, z_robust_std) and ``calibration`` (one row per label: n_calib,
-    frac_in_68, z_median, z_std, z_robust_std, n_ref_err, frac_in_68_tot, z_tot_robust_std).
+    frac_in_68, z_median, z_std, z_robust_std, n_ref_err, frac_in_68_tot, z_tot_robust_std,
+    extra_sigma: the floor to add to the intervals, ``FitConfig.extra_systematics``, for them to
+    cover these reference values 68% of the time).
     """
     thresholds = {**DEFAULT_THRESHOLDS, **dict(thresholds or {})}
     sel = np.asarray(matched["selected"].values, bool)

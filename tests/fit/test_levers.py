@@ -23,7 +23,7 @@ def test_sky_mask_covers_the_lines_only():
 def test_masks_give_zero_weight(model, truth):
     flux, ivar = draw(model, truth, snr=50, seed=1)
     wave = np.asarray(model.wavelength)
-    g0, _ = pixel_weights(model, flux, ivar, FitConfig())
+    g0, _ = pixel_weights(model, flux, ivar, FitConfig(mask_sky=False))
     g1, w1 = pixel_weights(model, flux, ivar, FitConfig(mask_sky=True, mask_windows=[(5700.0, 6000.0)]))
     inside = (wave >= 5700) & (wave <= 6000)
     assert not g1[inside].any() and np.all(w1[inside] == 0)
@@ -43,6 +43,34 @@ def test_continuum_basis_per_arm():
     np.testing.assert_array_equal(continuum_basis(wave, 3, 9000.0), one)  # split outside: one polynomial
     with pytest.raises(ConfigError, match="arm_split_aa"):
         FitConfig(arm_split_aa=float("nan"))
+    with pytest.raises(ConfigError, match="arm_split_aa"):
+        FitConfig(arm_split_aa="red")
+
+
+def test_auto_arm_split_comes_from_the_cube():
+    cfg = FitConfig()
+    assert cfg.arm_split_aa == "auto" and cfg.split_aa is None
+    assert cfg.for_cube({"arm_split_aa": 5900.0}).arm_split_aa == 5900.0
+    assert cfg.for_cube({}).arm_split_aa is None
+    assert FitConfig(arm_split_aa=None).for_cube({"arm_split_aa": 5900.0}).arm_split_aa is None  # explicit: kept
+    assert FitConfig(arm_split_aa=6000.0).for_cube({"arm_split_aa": 5900.0}).arm_split_aa == 6000.0
+    with pytest.raises(ConfigError, match="arm_split_aa"):
+        cfg.for_cube({"arm_split_aa": "blue"})
+
+
+def test_blocked_normal_equations_equal_the_full_product(model, truth):
+    """With one polynomial per arm, each arm's normal equations use its own pixels only: same G and b."""
+    flux, ivar = draw(model, truth, snr=60, seed=4)
+    post = SpectrumPosterior(model, flux, ivar, FitConfig(cheb_degree=3, arm_split_aa=5900.0))
+    assert post._wTT_blocks is not None and len(post._wTT_blocks) == 2
+    assert SpectrumPosterior(model, flux, ivar, FitConfig(arm_split_aa=None))._wTT_blocks is None
+    theta = np.tile(np.r_[truth, 10.0], (5, 1)) + np.linspace(0, 1, 5)[:, None]
+    ms = post.shift(post.predict(theta[:, :-1]), theta[:, -1]).astype(np.float64)
+    G, b = post._normal_equations(ms)
+    gp = (ms * ms) @ post._wTT
+    for p, (j, k) in enumerate(post._pairs):
+        np.testing.assert_allclose(G[:, j, k], gp[:, p], rtol=1e-12, atol=1e-9 * np.abs(gp).max())
+    np.testing.assert_allclose(b, ms @ post._wfT, rtol=1e-12)
 
 
 def test_per_arm_continuum_recovers_a_step_between_arms(model, truth):
@@ -55,3 +83,22 @@ def test_per_arm_continuum_recovers_a_step_between_arms(model, truth):
     chi_one = SpectrumPosterior(model, flux, ivar, FitConfig(cheb_degree=2)).chi2_reduced(theta)
     chi_arms = SpectrumPosterior(model, flux, ivar, FitConfig(cheb_degree=2, arm_split_aa=5900.0)).chi2_reduced(theta)
     assert chi_arms < 1.5 < chi_one
+
+
+def test_fit_takes_the_arm_split_from_the_cube(model, truth):
+    """gd.fit with the default config: a cube recording its arm split (LAMOST ingest) gets one
+    polynomial per arm, recorded in the results; a cube without gets one polynomial."""
+    import json
+
+    import gsn_dask as gd
+    from gsn_dask.cube import make_spectra
+
+    flux, ivar = draw(model, truth, snr=80, seed=3)
+    step = np.where(np.asarray(model.wavelength) >= 5900, 1.15, 1.0)  # the red arm 15% brighter
+    cube = make_spectra(["a"], model.wavelength, (flux * step)[None], (ivar / step**2)[None])
+    one = gd.fit(cube, model, sampler="map")
+    cube.attrs["arm_split_aa"] = 5900.0
+    two = gd.fit(cube, model, sampler="map")
+    assert json.loads(one.attrs["fit_config"])["arm_split_aa"] is None
+    assert json.loads(two.attrs["fit_config"])["arm_split_aa"] == 5900.0
+    assert float(two["chi2_reduced"][0]) < 1.3 < float(one["chi2_reduced"][0])

@@ -87,3 +87,25 @@ def test_binned_systematics_lookup_and_json_round_trip():
     assert systematics_from_record("null", names) is None
     no_edge = {**rec, "binned": {**rec["binned"], "edges": [None, 4500.0, 6500.0, 9000.0]}}
     assert systematics_from_record(no_edge, names).by is None  # a damaged record: global values, no crash
+
+
+def test_extra_systematics_add_in_quadrature(model):
+    m = copy.copy(model)
+    m.meta = {**model.meta, "label_systematics": {
+        "sigma": {"teff": 100.0, "logg": 0.2, "feh": 0.1},
+        "binned": {"by": "teff", "edges": [3500.0, 6000.0, 9000.0],
+                   "sigma": {"teff": [80.0, 200.0], "logg": [0.2, 0.3], "feh": [0.1, 0.2]}}}}
+    cfg = FitConfig(extra_systematics={"teff": 150.0})
+    ls = model_label_systematics(m, cfg)
+    np.testing.assert_allclose(ls.sigma, [np.hypot(100, 150), 0.2, 0.1])
+    np.testing.assert_allclose(ls.at(np.array([7000.0, 4.0, 0.0])), [np.hypot(200, 150), 0.3, 0.2])
+    assert model_label_systematics(m, cfg.replace(label_systematics=False)) is None  # statistical only
+    only = model_label_systematics(model, FitConfig(extra_systematics={"feh": 0.05}))  # a model without a record
+    np.testing.assert_allclose(only.sigma, [0.0, 0.0, 0.05])
+    assert FitConfig.from_dict(cfg.to_json()) == cfg
+    with pytest.raises(ValueError, match="extra_systematics"):
+        FitConfig(extra_systematics={"teff": -1.0})
+    from gsn_dask.fit.config import ConfigError, check_config
+
+    with pytest.raises(ConfigError, match="extra_systematics for unknown labels"):
+        check_config(FitConfig(extra_systematics={"alpha_fe": 0.1}), model)

@@ -114,6 +114,7 @@ def test_ingest_fixture_directory(tmp_path):
         assert float(ds.snr_r.values[row]) == pytest.approx(s.snr_r)
         assert int(ds.obsid.values[row]) == s.obsid
     assert ds.attrs["normalised"] is False or ds.attrs["normalised"] == 0
+    assert ds.attrs["arm_split_aa"] == 5900.0  # where the fit's "auto" arm split comes from
     assert not any(v.startswith("label_") for v in ds.data_vars)
 
 
