@@ -4,7 +4,8 @@ Fits the stars of an ingested LAMOST cube that have reference labels (``label_*`
 values of the strict matches), in one process with the public API, and reports per label the
 median bias, the scatter (1.4826 MAD), the fraction of LASP values inside [p16, p84] and the robust
 std of z = (ours - LASP) / half-width (and both again with an extra interval floor estimated on
-the other half of the stars: ``cv_extra_floor``), for LASP S/N_g > 30 (also without the A stars, LASP Teff
+the other half of the stars: ``cv_extra_floor``; the scatter after a linear scale transfer to LASP
+fitted on the other half: ``cv_scale_transfer``), for LASP S/N_g > 30 (also without the A stars, LASP Teff
 >= 7000 K, where MILES' and LASP's Teff scales part by several hundred K) and for all matched stars; plus CPU
 seconds per star. Each run is stored under ``--tag`` in the JSON file (other tags are kept), so
 levers can be compared side by side:
@@ -66,6 +67,24 @@ def cv_extra_floor(ours: np.ndarray, ref: np.ndarray, p16: np.ndarray, p84: np.n
             "z_rstd_cv": float(1.4826 * np.median(np.abs(z - np.median(z))))}
 
 
+def cv_scale_transfer(ours: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    """The scale offset separated from the scatter: a straight line ref = a + b * ours (least
+    squares, 3-sigma clipped once) fitted on one half of the stars (alternate rows) and applied to the
+    other, both ways; bias and 1.4826 MAD of (transferred - LASP) on the held-out halves."""
+    ok = np.isfinite(ours) & np.isfinite(ref)
+    x, y = ours[ok], ref[ok]
+    out = np.full(x.size, np.nan)
+    halves = np.arange(x.size) % 2 == 0
+    for fit_on in (halves, ~halves):
+        b, a = np.polyfit(x[fit_on], y[fit_on], 1)
+        r = y[fit_on] - (a + b * x[fit_on])
+        keep = np.abs(r - np.median(r)) < 3 * 1.4826 * np.median(np.abs(r - np.median(r)))
+        b, a = np.polyfit(x[fit_on][keep], y[fit_on][keep], 1)
+        out[~fit_on] = a + b * x[~fit_on]
+    d = out - y
+    return {"bias_cv": float(np.median(d)), "mad_std_cv": float(1.4826 * np.median(np.abs(d - np.median(d))))}
+
+
 def measure(cube_path: Path, model_dir: Path, settings: dict, sampler: str, seed: int) -> dict:
     cube = gd.open_spectra(cube_path)
     has = np.isfinite(np.asarray(cube["label_teff"].values))
@@ -84,7 +103,8 @@ def measure(cube_path: Path, model_dir: Path, settings: dict, sampler: str, seed
         for j, lab in enumerate(model.label_names):
             args = (res["median"].values[sel, j], sub[f"label_{lab}"].values[sel], res["p16"].values[sel, j],
                     res["p84"].values[sel, j])
-            row[lab] = {**_stats(*args), "cv_extra_floor": cv_extra_floor(*(np.asarray(a, float) for a in args))}
+            arr = [np.asarray(a, float) for a in args]
+            row[lab] = {**_stats(*args), "cv_extra_floor": cv_extra_floor(*arr), "cv_scale_transfer": cv_scale_transfer(*arr[:2])}
         out["sets"][name] = row
     return out
 
@@ -98,6 +118,8 @@ def _print(tag: str, r: dict) -> None:
         cv = [f"{lab}: +{s['cv_extra_floor']['extra_in_sample']:.3g} -> in68 {100 * s['cv_extra_floor']['in68_cv']:.0f}% / "
               f"z {s['cv_extra_floor']['z_rstd_cv']:.2f}" for lab, s in row.items()]
         print("    with an extra floor (2-fold CV): " + " | ".join(cv))
+        sc = [f"{lab}: {s['cv_scale_transfer']['bias_cv']:+.3g} / {s['cv_scale_transfer']['mad_std_cv']:.3g}" for lab, s in row.items()]
+        print("    after a linear scale transfer to LASP (2-fold CV): " + " | ".join(sc))
 
 
 def main(argv: list[str] | None = None) -> int:
