@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     out: dict = {"n_train": int(stars.size), "base_model_id": base.model_id, "train_s": time.perf_counter() - t0, "runs": {}}
     for thr in args.thresholds:
         bad = np.any(np.abs(z) > thr, axis=1)
-        keep = ~np.isin(np.asarray(train["star"].values).astype(str), stars[bad])
+        drop = set(stars[bad].tolist())
+        keep = np.array([str(s) not in drop for s in train["star"].values])
         clean, _ = train_and_calibrate(train.isel(star=np.flatnonzero(keep)), DEFAULT_RECIPE, progress=False)
         clean.save(args.work / f"clean{thr:g}")
         out["runs"][f"|z|>{thr:g}"] = {"n_dropped": int(bad.sum()), "model_id": clean.model_id,

@@ -38,6 +38,7 @@ _API = {
     "validate": "gsn_dask.validate",
     "diagnose": "gsn_dask.diagnose",
     "best_fit": "gsn_dask.diagnose",
+    "adapt_to_survey": "gsn_dask.survey_error",
     "label_systematics": "gsn_dask.api",
     "simulate": "gsn_dask.simulate",
 }

@@ -69,6 +69,9 @@ def test_adapted_model_down_weights_the_survey_feature(tiny_model_dir, tmp_path)
     assert back.meta["survey_error"]["base_model_id"] == model.model_id
     assert back.meta["survey_error"]["cube"] == "test"
     np.testing.assert_array_equal(back.emulator_error, adapted.emulator_error)
+    one_call = gd.adapt_to_survey(cube, res, model, {"cube": "test"})  # the public one-call form
+    np.testing.assert_array_equal(one_call.emulator_error, adapted.emulator_error)
+    assert one_call.meta["survey_error"]["n_stars"] == int((res["status"].values == "ok").sum())
     chi_before = np.median(res["chi2_reduced"].values)
     chi_after = np.median(gd.fit(cube, back, sampler="map", config=cfg)["chi2_reduced"].values)
     assert chi_after < chi_before

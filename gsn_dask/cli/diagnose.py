@@ -60,17 +60,15 @@ def _write_model(args: argparse.Namespace, cube, results, model) -> None:  # noq
     import numpy as np
 
     from .._version import __version__
-    from ..diagnose import best_fit
-    from ..survey_error import adapt_model, plot_survey_error, survey_error
+    from ..survey_error import adapt_to_survey, plot_survey_error
 
-    fits = best_fit(cube, results, model)
-    sigma = survey_error(fits, model.emulator_error)
-    record = {"cube": str(args.cube), "results": str(args.results), "n_stars": int(fits.sizes["star"]),
-              "fit_config": results.attrs.get("fit_config", "{}"), "package_version": __version__,
-              "method": "per pixel: median over stars of r^2 / (1/ivar + emu^2 + s^2) = median chi2_1"}
-    adapted = adapt_model(model, sigma, record)
+    adapted = adapt_to_survey(cube, results, model, {"cube": str(args.cube), "results": str(args.results),
+                                                     "package_version": __version__})
     adapted.save(args.write_model)
+    sigma = np.sqrt(np.clip(adapted.emulator_error.astype(np.float64) ** 2
+                            - model.emulator_error.astype(np.float64) ** 2, 0.0, None))
     plot_survey_error(model.wavelength, model.emulator_error, sigma, Path(args.out) / "survey_error.png")
-    print(f"survey error from {record['n_stars']} stars: raised on {100 * np.mean(sigma > 0):.0f}% of pixels, "
-          f"median {100 * np.median(sigma):.2f}%, 90th percentile {100 * np.percentile(sigma, 90):.2f}%; "
+    rec = adapted.meta["survey_error"]
+    print(f"survey error from {rec['n_stars']} stars: raised on {100 * rec['fraction_of_pixels_raised']:.0f}% of pixels, "
+          f"median {100 * rec['median']:.2f}%, 90th percentile {100 * rec['p90']:.2f}%; "
           f"wrote model {adapted.model_id} to {args.write_model} and {args.out}/survey_error.png")
