@@ -26,12 +26,10 @@ import numpy as np
 
 import gsn_dask as gd
 from gsn_dask import demo
-from gsn_dask.calibration import train_and_calibrate
+from gsn_dask.calibration import out_of_fold_fits, train_and_calibrate
 from gsn_dask.emulator_data import prepare_training_data
 from gsn_dask.emulator_recipe import DEFAULT_RECIPE
 from gsn_dask.fit.config import FitConfig
-from gsn_dask.fit.posterior import SpectrumPosterior
-from gsn_dask.fit.start import find_map
 
 OUT = Path(__file__).resolve().parent / "results" / "noisy_labels.json"
 
@@ -42,18 +40,10 @@ def out_of_fold_z(model, report: dict, train) -> tuple[np.ndarray, np.ndarray]: 
     r = DEFAULT_RECIPE
     stars = prepare_training_data(train, labels=r.labels, wavelength_range=r.wavelength_range,
                                   label_ranges=r.label_ranges, mask_telluric=r.mask_telluric)["star"]
-    cfg = FitConfig(label_systematics=False)
-    n_label = cv.labels.shape[1]
-    fit, sd = np.full((len(stars), n_label), np.nan), np.full((len(stars), n_label), np.nan)
-    for i in range(len(stars)):
-        if cv.model_index[i] < 0:
-            continue
-        try:
-            mr = find_map(SpectrumPosterior(cv.models[int(cv.model_index[i])], cv.flux[i], cv.ivar[i], cfg),
-                          n_coarse=cfg.n_coarse, n_starts=cfg.n_starts)
-        except (ValueError, np.linalg.LinAlgError):
-            continue
-        fit[i], sd[i] = mr.theta[:n_label], np.sqrt(np.clip(np.diag(mr.cov)[:n_label], 0, None))
+    idx = np.flatnonzero(cv.model_index >= 0)
+    fit = np.full(cv.labels.shape, np.nan)
+    sd = np.full(cv.labels.shape, np.nan)
+    fit[idx], sd[idx] = out_of_fold_fits(cv.models, cv.flux, cv.ivar, cv.model_index, idx, FitConfig(label_systematics=False))
     sig = model.meta["label_systematics"]["sigma"]
     return np.asarray(stars), (fit - cv.labels) / np.hypot(sd, [sig[n] for n in model.label_names])
 

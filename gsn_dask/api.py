@@ -85,7 +85,6 @@ def fit(
     cube = _as_cube(spectra, ivar)
     gsn = model if hasattr(model, "label_names") else load_model(model)
     cfg = config if isinstance(config, FitConfig) else FitConfig.from_dict(dict(config or {}))
-    cfg = cfg.for_cube(cube.attrs)
     check_config(cfg, gsn, sampler)
     return fit_block(cube, gsn, config=cfg, run_seed=int(seed), sampler=sampler, progress=progress)
 

@@ -95,6 +95,29 @@ def solve_sigma_sys(delta: np.ndarray, sigma_stat: np.ndarray, target: float = M
     return 0.5 * (lo + hi)
 
 
+def out_of_fold_fits(models: Sequence[Any], flux: np.ndarray, ivar: np.ndarray, model_index: np.ndarray,
+                     idx: np.ndarray, config: FitConfig, *, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, sd) (len(idx), n_label): MAP labels and Laplace sigmas of the training stars ``idx``,
+    each fitted by the fold model ``models[model_index[i]]`` that did not train on it; NaN rows for
+    stars with too few good pixels or a failed fit."""
+    n_label = len(models[0].label_names)
+    fit = np.full((len(idx), n_label), np.nan)
+    sd = np.full((len(idx), n_label), np.nan)
+    for j in _bar(range(len(idx)), progress):
+        i = int(idx[j])
+        try:
+            post = SpectrumPosterior(models[int(model_index[i])], flux[i], ivar[i], config)
+            if post.n_good < config.min_good_pixels:
+                continue
+            mr = find_map(post, n_coarse=config.n_coarse, n_starts=config.n_starts)
+        except (ValueError, np.linalg.LinAlgError) as exc:  # a bad training spectrum: skip it
+            log.debug("out-of-fold fit: star %d skipped (%s)", i, exc)
+            continue
+        fit[j] = mr.theta[:n_label]
+        sd[j] = np.sqrt(np.clip(np.diag(mr.cov)[:n_label], 0.0, None))
+    return fit, sd
+
+
 def estimate_label_systematics(
     models: Sequence[Any],
     flux: np.ndarray,
@@ -128,22 +151,8 @@ def estimate_label_systematics(
     if max_stars is not None and idx.size > max_stars:
         idx = np.sort(np.random.default_rng(seed).choice(idx, size=int(max_stars), replace=False))
     names = list(models[0].label_names)
-    L = len(names)
-    fit = np.full((idx.size, L), np.nan)
-    sd = np.full((idx.size, L), np.nan)
     t0 = time.perf_counter()
-    for j in _bar(range(idx.size), progress):
-        i = int(idx[j])
-        try:
-            post = SpectrumPosterior(models[int(model_index[i])], flux[i], ivar[i], cfg)
-            if post.n_good < cfg.min_good_pixels:
-                continue
-            mr = find_map(post, n_coarse=cfg.n_coarse, n_starts=cfg.n_starts)
-        except (ValueError, np.linalg.LinAlgError) as exc:  # a bad training spectrum: skip it
-            log.debug("label systematics: star %d skipped (%s)", i, exc)
-            continue
-        fit[j] = mr.theta[:L]
-        sd[j] = np.sqrt(np.clip(np.diag(mr.cov)[:L], 0.0, None))
+    fit, sd = out_of_fold_fits(models, flux, ivar, model_index, idx, cfg, progress=progress)
     delta = fit - labels[idx]
     ok = np.all(np.isfinite(delta) & np.isfinite(sd), axis=1)
     sigma, bias, z0, z1 = {}, {}, {}, {}
@@ -226,4 +235,5 @@ def train_and_calibrate(
     return model, report
 
 
-__all__ = ["MEDIAN_ABS_Z", "calibrate", "estimate_label_systematics", "solve_sigma_sys", "train_and_calibrate"]
+__all__ = ["MEDIAN_ABS_Z", "calibrate", "estimate_label_systematics", "out_of_fold_fits", "solve_sigma_sys",
+           "train_and_calibrate"]

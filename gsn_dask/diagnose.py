@@ -107,9 +107,11 @@ def best_fit(cube: xr.Dataset, results: xr.Dataset, model: Any, config: FitConfi
                       attrs={"description": "normalised spectra and their best-fit GSN models"})
 
 
-def residual_spectra(cube: xr.Dataset, results: xr.Dataset, model: Any, config: FitConfig | None = None) -> Residuals:
-    """Residuals of every ``ok`` star of ``results`` against its spectrum in ``cube``."""
-    fits = best_fit(cube, results, model, config)
+def residual_spectra(cube: xr.Dataset, results: xr.Dataset, model: Any, config: FitConfig | None = None,
+                     fits: xr.Dataset | None = None) -> Residuals:
+    """Residuals of every ``ok`` star of ``results`` against its spectrum in ``cube`` (``fits``: their
+    :func:`best_fit`, when already computed)."""
+    fits = best_fit(cube, results, model, config) if fits is None else fits
     flux, best, used = fits["flux"].values, fits["model_flux"].values, fits["used"].values
     with np.errstate(invalid="ignore", divide="ignore"):
         obs = np.where(used & (best > 0), flux / np.where(best > 0, best, 1.0) - 1.0, np.nan)
@@ -202,12 +204,13 @@ def plot_stacks(stacked: xr.Dataset, path: Path, frame: str) -> Path:
     return path
 
 
-def diagnose(cube: xr.Dataset, results: xr.Dataset, model: Any, out_dir: str | Path) -> pd.DataFrame:
+def diagnose(cube: xr.Dataset, results: xr.Dataset, model: Any, out_dir: str | Path,
+             fits: xr.Dataset | None = None) -> pd.DataFrame:
     """Write ``residuals_stacked.nc`` (class x wavelength), ``residual_windows.csv`` and
     ``residuals_observed.png`` / ``residuals_rest.png`` to ``out_dir``; return the window table."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    resid = residual_spectra(cube, results, model)
+    resid = residual_spectra(cube, results, model, fits=fits)
     stacked = stack(resid)
     stacked.to_netcdf(out / "residuals_stacked.nc")
     table = window_table(stacked)

@@ -84,17 +84,22 @@ def adapt_model(model: Any, sigma_x: np.ndarray, record: dict[str, Any]) -> Any:
                        label_transforms=model.label_transforms, normalisation=model.normalisation, meta=meta)
 
 
+def measure(fits: xr.Dataset, model: Any, results: xr.Dataset) -> tuple[np.ndarray, dict[str, Any]]:
+    """(survey error, record) of the best fits ``fits`` (:func:`gsn_dask.diagnose.best_fit` of
+    ``results`` with ``model``): what :func:`adapt_model` takes."""
+    rec = {"n_stars": int(fits.sizes["star"]), "fit_config": results.attrs.get("fit_config", "{}"),
+           "method": "per pixel: median over stars of r^2 / (1/ivar + emu^2 + s^2) = median chi2_1 (2-sigma significant)"}
+    return survey_error(fits, model.emulator_error), rec
+
+
 def adapt_to_survey(cube: xr.Dataset, results: xr.Dataset, model: Any, record: dict[str, Any] | None = None) -> Any:
     """The model adapted to a survey in one call: the best fits of ``results`` (fitted from ``cube``
     with ``model``; :func:`gsn_dask.diagnose.best_fit`), their :func:`survey_error` and
     :func:`adapt_model` (``record`` gains ``n_stars`` and the fit settings)."""
     from .diagnose import best_fit
 
-    fits = best_fit(cube, results, model)
-    sigma = survey_error(fits, model.emulator_error)
-    rec = {**(record or {}), "n_stars": int(fits.sizes["star"]), "fit_config": results.attrs.get("fit_config", "{}"),
-           "method": "per pixel: median over stars of r^2 / (1/ivar + emu^2 + s^2) = median chi2_1 (2-sigma significant)"}
-    return adapt_model(model, sigma, rec)
+    sigma, rec = measure(best_fit(cube, results, model), model, results)
+    return adapt_model(model, sigma, {**(record or {}), **rec})
 
 
 def plot_survey_error(wavelength: np.ndarray, emulator_error: np.ndarray, sigma_x: np.ndarray, path: Any) -> Any:
@@ -117,4 +122,5 @@ def plot_survey_error(wavelength: np.ndarray, emulator_error: np.ndarray, sigma_
     return path
 
 
-__all__ = ["MEDIAN_CHI2_1", "MEDIAN_CHI2_1_SE", "MIN_STARS", "adapt_model", "adapt_to_survey", "plot_survey_error", "survey_error"]
+__all__ = ["MEDIAN_CHI2_1", "MEDIAN_CHI2_1_SE", "MIN_STARS", "adapt_model", "adapt_to_survey", "measure",
+           "plot_survey_error", "survey_error"]

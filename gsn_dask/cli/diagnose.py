@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..api import load_model
     from ..cube import open_results, open_spectra
-    from ..diagnose import diagnose
+    from ..diagnose import best_fit, diagnose
 
     model = load_model(args.model)
     results = open_results(args.results)
@@ -46,29 +46,27 @@ def run(args: argparse.Namespace) -> int:
                          f"(sha256 {results.attrs['model_sha256'][:12]}...), not with {model.model_id}; give its --model")
     cube = open_spectra(args.cube)
     results = results.load()
-    table = diagnose(cube, results, model, args.out)
+    fits = best_fit(cube, results, model)  # once, for the stacks and the survey error
+    table = diagnose(cube, results, model, args.out, fits=fits)
     if args.write_model:
-        _write_model(args, cube, results, model)
+        _write_model(args, fits, results, model)
     cols = [c for c in table.columns if c.startswith("observed:") or c in ("class", "n_star")]
     print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     print(f"wrote {args.out}/residuals_observed.png, residuals_rest.png, residuals_stacked.nc, residual_windows.csv")
     return 0
 
 
-def _write_model(args: argparse.Namespace, cube, results, model) -> None:  # noqa: ANN001 - xarray/GSN
-    """Measure the survey error from the fits and write the adapted model (``--write-model``)."""
+def _write_model(args: argparse.Namespace, fits, results, model) -> None:  # noqa: ANN001 - xarray/GSN
+    """Measure the survey error from the best fits and write the adapted model (``--write-model``)."""
     from pathlib import Path
 
-    import numpy as np
-
     from .._version import __version__
-    from ..survey_error import adapt_to_survey, plot_survey_error
+    from ..survey_error import adapt_model, measure, plot_survey_error
 
-    adapted = adapt_to_survey(cube, results, model, {"cube": str(args.cube), "results": str(args.results),
-                                                     "package_version": __version__})
+    sigma, rec = measure(fits, model, results)
+    adapted = adapt_model(model, sigma, {"cube": str(args.cube), "results": str(args.results),
+                                         "package_version": __version__, **rec})
     adapted.save(args.write_model)
-    sigma = np.sqrt(np.clip(adapted.emulator_error.astype(np.float64) ** 2
-                            - model.emulator_error.astype(np.float64) ** 2, 0.0, None))
     plot_survey_error(model.wavelength, model.emulator_error, sigma, Path(args.out) / "survey_error.png")
     rec = adapted.meta["survey_error"]
     print(f"survey error from {rec['n_stars']} stars: raised on {100 * rec['fraction_of_pixels_raised']:.0f}% of pixels, "

@@ -85,11 +85,15 @@ def _calib_stats(diff: np.ndarray, ref: np.ndarray, p16: np.ndarray, p84: np.nda
         "n_ref_err": int(okt.sum()),
         "frac_in_68_tot": float(np.mean(np.abs(z_tot[okt]) <= 1.0)) if okt.any() else np.nan,
         "z_tot_robust_std": robust_std(z_tot[okt]),
-        # the sigma that, added in quadrature to each side of the intervals, gives median |z| =
-        # 0.6745 (a unit Gaussian's): FitConfig.extra_systematics for this reference
-        "extra_sigma": solve_sigma_sys(diff[ok], 0.5 * (p84[ok] - p16[ok])) if n else np.nan,
     }
     return out
+
+
+def _extra_sigma(diff: np.ndarray, p16: np.ndarray, p84: np.ndarray, z: np.ndarray) -> float:
+    """The sigma that, added in quadrature to each side of the intervals, gives median |z| = 0.6745
+    (a unit Gaussian's): ``FitConfig.extra_systematics`` for this reference."""
+    ok = np.isfinite(diff) & np.isfinite(p16) & np.isfinite(p84) & np.isfinite(z)  # the stars of _calib_stats
+    return solve_sigma_sys(diff[ok], 0.5 * (p84[ok] - p16[ok])) if ok.any() else np.nan
 
 
 def compute_stats(
@@ -136,7 +140,8 @@ def compute_stats(
                          **st, "outlier_threshold": thr,
                          "frac_in_68": cs["frac_in_68"], "z_robust_std": cs["z_robust_std"]})
         calib.append({"label": lab, "unit": unit, **_calib_stats(diff[sel], ref[sel], p16[sel], p84[sel],
-                                                                 z[sel], z_tot[sel])})
+                                                                 z[sel], z_tot[sel]),
+                      "extra_sigma": _extra_sigma(diff[sel], p16[sel], p84[sel], z[sel])})
     cols = ["label", "unit", "snr_bin", "snr_lo", "snr_hi", "n", "bias", "mean", "std", "mad_std",
             "outlier_threshold", "outlier_frac", "frac_in_68", "z_robust_std"]
     stats = pd.DataFrame(rows, columns=cols)
