@@ -128,3 +128,17 @@ def add_fit_run_args(ap, save: Path) -> None:  # noqa: ANN001 - argparse.Argumen
     ap.add_argument("--sampler", default="emcee")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save", type=Path, default=save)
+
+
+def label_stats(ours: np.ndarray, ref: np.ndarray, p16: np.ndarray, p84: np.ndarray) -> dict[str, float]:
+    """Against reference labels: n, median bias, 1.4826 MAD, reference inside [p16, p84], robust std
+    of z = (ours - ref) / half-width and the median half-width (finite pairs only)."""
+    ours, ref, p16, p84 = (np.asarray(a, np.float64) for a in (ours, ref, p16, p84))
+    ok = np.isfinite(ours) & np.isfinite(ref)
+    d = ours[ok] - ref[ok]
+    half = 0.5 * (p84[ok] - p16[ok])
+    inside = (ref[ok] >= p16[ok]) & (ref[ok] <= p84[ok])
+    z = d / np.where(half > 0, half, np.nan)
+    mad = lambda x: float(1.4826 * np.nanmedian(np.abs(x - np.nanmedian(x))))  # noqa: E731
+    return {"n": int(ok.sum()), "bias": float(np.median(d)), "mad_std": mad(d), "in68": float(inside.mean()),
+            "z_rstd": mad(z), "half_width_median": float(np.median(half))}

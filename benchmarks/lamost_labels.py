@@ -24,20 +24,9 @@ from pathlib import Path
 import numpy as np
 
 import gsn_dask as gd
-from _common import add_fit_run_args, fit_settings, save_tagged
+from _common import add_fit_run_args, fit_settings, label_stats, save_tagged
 
 OUT = Path(__file__).resolve().parent / "results" / "lamost_labels.json"
-
-
-def _stats(ours: np.ndarray, ref: np.ndarray, p16: np.ndarray, p84: np.ndarray) -> dict[str, float]:
-    ok = np.isfinite(ours) & np.isfinite(ref)
-    d = ours[ok] - ref[ok]
-    half = 0.5 * (p84[ok] - p16[ok])
-    inside = (ref[ok] >= p16[ok]) & (ref[ok] <= p84[ok])
-    z = d / np.where(half > 0, half, np.nan)
-    mad = lambda x: float(1.4826 * np.nanmedian(np.abs(x - np.nanmedian(x))))  # noqa: E731
-    return {"n": int(ok.sum()), "bias": float(np.median(d)), "mad_std": mad(d), "in68": float(inside.mean()),
-            "z_rstd": mad(z), "half_width_median": float(np.median(half))}
 
 
 def cv_extra_floor(ours: np.ndarray, ref: np.ndarray, p16: np.ndarray, p84: np.ndarray) -> dict[str, float]:
@@ -104,7 +93,7 @@ def measure(cube_path: Path, model_dir: Path, settings: dict, sampler: str, seed
             args = (res["median"].values[sel, j], sub[f"label_{lab}"].values[sel], res["p16"].values[sel, j],
                     res["p84"].values[sel, j])
             arr = [np.asarray(a, float) for a in args]
-            row[lab] = {**_stats(*args), "cv_extra_floor": cv_extra_floor(*arr), "cv_scale_transfer": cv_scale_transfer(*arr[:2])}
+            row[lab] = {**label_stats(*args), "cv_extra_floor": cv_extra_floor(*arr), "cv_scale_transfer": cv_scale_transfer(*arr[:2])}
         out["sets"][name] = row
     return out
 

@@ -22,17 +22,10 @@ from pathlib import Path
 import numpy as np
 
 import gsn_dask as gd
-from _common import add_fit_run_args, fit_settings, save_tagged
+from _common import add_fit_run_args, fit_settings, label_stats, save_tagged
 from gsn_dask import demo
 
 OUT = Path(__file__).resolve().parent / "results" / "miles_holdout.json"
-
-
-def _stats(d: np.ndarray, inside: np.ndarray) -> dict[str, float]:
-    ok = np.isfinite(d)
-    d, inside = d[ok], inside[ok]
-    return {"n": int(ok.sum()), "bias": float(np.median(d)),
-            "mad_std": float(1.4826 * np.median(np.abs(d - np.median(d)))), "in68": float(np.mean(inside))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,9 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, sel in [("all", np.ones_like(snr, bool)), *[(f"S/N {s:g}", snr == s) for s in demo.DEMO_SNR]]:
         row = {}
         for j, lab in enumerate(model.label_names):
-            ref = np.asarray(obs[f"label_{lab}"].values, float)[sel]
             med, lo, hi = (np.asarray(res[v].values, float)[sel, j] for v in ("median", "p16", "p84"))
-            row[lab] = _stats(med - ref, (ref >= lo) & (ref <= hi))
+            row[lab] = label_stats(med, np.asarray(obs[f"label_{lab}"].values, float)[sel], lo, hi)
         out["sets"][name] = row
         print(f"[{args.tag}] {name} (N={next(iter(row.values()))['n']}): " + " | ".join(
             f"{lab} {s['bias']:+.3g} / {s['mad_std']:.3g} / in68 {100 * s['in68']:.0f}%" for lab, s in row.items()))

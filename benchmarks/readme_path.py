@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 import gsn_dask as gd
+from _common import label_stats
 
 OUT = Path(__file__).resolve().parent / "results" / "readme_path.json"
 
@@ -47,7 +48,7 @@ def run(cmd: list[str], log: Path) -> dict[str, float]:
     return {"wall_s": time.perf_counter() - t0, "cpu_s": cpu}
 
 
-def label_stats(results: Path, cube: Path) -> dict:
+def lasp_comparison(results: Path, cube: Path) -> dict:
     """Bias, 1.4826 MAD, LASP inside [p16, p84] and robust std of z per label, for LASP S/N_g > 30
     (also without the A stars) and for all strict matches."""
     res = gd.open_results(results).load()
@@ -60,15 +61,8 @@ def label_stats(results: Path, cube: Path) -> dict:
                       ("all", ref_ok)):
         row = {}
         for j, lab in enumerate(res["label"].values):
-            ref = np.asarray(sub[f"label_{lab}"].values, float)[sel]
             med, lo, hi = (np.asarray(res[v].values, float)[sel, j] for v in ("median", "p16", "p84"))
-            d = med - ref
-            half = 0.5 * (hi - lo)
-            z = d / half
-            mad = lambda x: float(1.4826 * np.median(np.abs(x - np.median(x))))  # noqa: E731
-            row[str(lab)] = {"n": int(sel.sum()), "bias": float(np.median(d)), "mad_std": mad(d),
-                             "in68": float(np.mean((ref >= lo) & (ref <= hi))), "z_rstd": mad(z),
-                             "half_width_median": float(np.median(half))}
+            row[str(lab)] = label_stats(med, np.asarray(sub[f"label_{lab}"].values, float)[sel], lo, hi)
         out[name] = row
     return out
 
@@ -105,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     out = {"work": str(w), "n_spectra": n, "steps": steps,
            "fit_cpu_s_per_star": steps["fit"]["cpu_s"] / n,
            "note": "fit CPU includes the Dask LocalCluster start and the normalisation of every star",
-           "labels_with_survey_error": label_stats(w / "results.zarr", w / "lamost.zarr"),
-           "labels_miles_model": label_stats(w / "results_miles.zarr", w / "lamost.zarr"),
+           "labels_with_survey_error": lasp_comparison(w / "results.zarr", w / "lamost.zarr"),
+           "labels_miles_model": lasp_comparison(w / "results_miles.zarr", w / "lamost.zarr"),
            "survey_error": json.loads((w / "lamost_model" / "model.json").read_text())["survey_error"]}
     for key in ("labels_miles_model", "labels_with_survey_error"):
         for name, row in out[key].items():
