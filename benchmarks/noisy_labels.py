@@ -43,7 +43,7 @@ def out_of_fold_z(model, report: dict, train) -> tuple[np.ndarray, np.ndarray]: 
     idx = np.flatnonzero(cv.model_index >= 0)
     fit = np.full(cv.labels.shape, np.nan)
     sd = np.full(cv.labels.shape, np.nan)
-    fit[idx], sd[idx] = out_of_fold_fits(cv.models, cv.flux, cv.ivar, cv.model_index, idx, FitConfig(label_systematics=False))
+    fit[idx], sd[idx] = out_of_fold_fits(cv.models, cv.flux, cv.ivar, cv.model_index, idx, FitConfig(label_systematics=False, label_prior="none"))
     sig = model.meta["label_systematics"]["sigma"]
     return np.asarray(stars), (fit - cv.labels) / np.hypot(sd, [sig[n] for n in model.label_names])
 

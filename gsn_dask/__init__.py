@@ -39,6 +39,7 @@ _API = {
     "diagnose": "gsn_dask.diagnose",
     "best_fit": "gsn_dask.diagnose",
     "adapt_to_survey": "gsn_dask.survey_error",
+    "with_label_prior": "gsn_dask.label_prior",
     "label_systematics": "gsn_dask.api",
     "simulate": "gsn_dask.simulate",
 }

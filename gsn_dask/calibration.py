@@ -143,7 +143,7 @@ def estimate_label_systematics(
     and after (``z_std_total``) the correction, ``n_star`` and the method; and, when the label
     ``by`` exists and there are at least 2 x ``min_per_bin`` stars, ``binned``: sigma per label
     in up to ``max_bins`` quantile bins of the fitted ``by`` label (``edges``, ``n_star``)."""
-    cfg = (config or FitConfig()).replace(label_systematics=False)
+    cfg = (config or FitConfig()).replace(label_systematics=False, label_prior="none")
     flux = np.asarray(flux, dtype=np.float64)
     ivar = np.asarray(ivar, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.float64)

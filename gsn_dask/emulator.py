@@ -346,6 +346,8 @@ class GSN:
         core = self._core_meta()
         core["wavelength"].pop("values", None)
         h.update(json.dumps(_jsonable(core), sort_keys=True).encode())
+        if self.meta.get("label_prior"):  # the fit's prior is part of what the model gives
+            h.update(json.dumps(_jsonable(self.meta["label_prior"]), sort_keys=True).encode())
         return h.hexdigest()[:12]
 
     # ---------------------------------------------------------------- labels

@@ -17,6 +17,10 @@ from .emulator import ACTIVATIONS, LABEL_TRANSFORMS
 
 #: Ways to make the final model after K-fold CV: retrain on all stars, or keep fold 0's model.
 FINAL_MODES = ("refit", "none")
+#: Label priors a model can carry: the Kiel-diagram prior of its training labels, or none.
+LABEL_PRIOR_MODES = ("auto", "kiel", "none")
+#: Training-cube ``source`` attrs of observed-star libraries (``label_prior="auto"`` gives them a Kiel prior).
+OBSERVED_SOURCES = ("MILES",)
 
 
 def _teff_range() -> dict[str, tuple[float, float]]:
@@ -41,7 +45,11 @@ class TrainRecipe:
     Data: ``labels`` (None: those of the cube), ``label_ranges`` (label -> (lo, hi), stars
     outside are not used; Teff in K), ``wavelength_range`` (vacuum Angstrom, None: all),
     ``mask_telluric``. ``ensemble`` networks are averaged into one GSN. ``label_systematics``:
-    run the calibration step after training. ``seed`` fixes folds, initialisation and batches.
+    run the calibration step after training. ``label_prior``: ``kiel`` stores the Kiel-diagram
+    prior of the training labels in the model (:mod:`gsn_dask.label_prior`; models with Teff and
+    log g), ``none`` does not, ``auto`` does for a library of observed stars (cube attrs
+    ``source`` in :data:`OBSERVED_SOURCES`: where its stars lie is where stars are) and not for a
+    synthetic grid (whose labels are a design, not a population). ``seed`` fixes folds, initialisation and batches.
     """
 
     labels: tuple[str, ...] | None = None
@@ -65,6 +73,7 @@ class TrainRecipe:
     final: str = "refit"
     ensemble: int = 1
     label_systematics: bool = True
+    label_prior: str = "auto"
 
     def __post_init__(self) -> None:
         fix = object.__setattr__  # frozen: normalise the containers once, here
@@ -92,6 +101,8 @@ class TrainRecipe:
                 bad.append(f"{name} = {getattr(self, name)!r} (must be >= 1)")
         if not (0.0 < self.val_fraction < 1.0) or not (0.0 <= self.dropout < 1.0) or self.lr <= 0:
             bad.append(f"val_fraction {self.val_fraction}, dropout {self.dropout}, lr {self.lr}")
+        if self.label_prior not in LABEL_PRIOR_MODES:
+            bad.append(f"label_prior {self.label_prior!r} (use one of {LABEL_PRIOR_MODES})")
         if self.final not in FINAL_MODES:
             bad.append(f"final {self.final!r} (use one of {FINAL_MODES})")
         bad += [f"label range {n} = ({lo}, {hi})" for n, (lo, hi) in (self.label_ranges or {}).items() if not lo <= hi]
@@ -106,6 +117,12 @@ class TrainRecipe:
         if isinstance(self.hidden, int):
             return [int(self.hidden)] * int(self.n_hidden_layers)
         return [int(h) for h in self.hidden]
+
+    def kiel_prior_for(self, cube_attrs: Mapping[str, Any]) -> bool:
+        """Whether a model trained on a cube with ``cube_attrs`` gets the Kiel prior."""
+        if self.label_prior == "auto":
+            return str(cube_attrs.get("source", "")) in OBSERVED_SOURCES
+        return self.label_prior == "kiel"
 
     def replace(self, **changes: Any) -> TrainRecipe:
         """A copy with ``changes``; an unknown setting is a ``ValueError`` naming the known ones."""
@@ -135,4 +152,4 @@ class TrainRecipe:
 #: The best-measured recipe (MILES, 3000-12000 K: see benchmarks/ and the demo).
 DEFAULT_RECIPE = TrainRecipe()
 
-__all__ = ["DEFAULT_RECIPE", "FINAL_MODES", "TrainRecipe"]
+__all__ = ["DEFAULT_RECIPE", "FINAL_MODES", "LABEL_PRIOR_MODES", "OBSERVED_SOURCES", "TrainRecipe"]

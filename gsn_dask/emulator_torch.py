@@ -52,6 +52,7 @@ from .emulator_data import (  # the numpy half of training; the figure and the t
 )
 from .emulator_recipe import DEFAULT_RECIPE, TrainRecipe
 from .labels import LABEL_UNITS
+from .label_prior import LABELS as KIEL_LABELS, with_label_prior
 
 log = logging.getLogger(__name__)
 
@@ -611,6 +612,8 @@ def train_gsn(
     t_total = time.perf_counter() - t0
     metrics = cv_metrics(resid[val_mask], ivar[val_mask], emu_err)
     cfg = _config_record(data, recipe, dev, threads)
+    kiel = recipe.kiel_prior_for(train_ds.attrs) and set(KIEL_LABELS) <= set(data["labels"])
+    cfg["label_prior"] = "kiel" if kiel else "none"
     meta = _training_meta(data, recipe, cfg, cube_path, metrics, fold_info, n_final, t_total)
     if final_gsn.meta.get("ensemble"):
         meta["ensemble"] = final_gsn.meta["ensemble"]
@@ -621,6 +624,10 @@ def train_gsn(
     model_index = np.full(lab.shape[0], -1, np.int64)
     for j, k in enumerate(k_list):
         model_index[fold == k] = j
+    if kiel:
+        it, ig = (model.label_names.index(n) for n in KIEL_LABELS)  # each fold model: its own training stars
+        model = with_label_prior(model, lab[:, it], lab[:, ig])
+        fold_models = [with_label_prior(m, lab[fold != k, it], lab[fold != k, ig]) for m, k in zip(fold_models, k_list)]
     cv_folds = CVFolds([_with_error(m, emu_err) for m in fold_models], model_index, flux, ivar, lab, recipe.seed)
     report = {
         "config": cfg, "recipe": recipe, "n_star": int(lab.shape[0]), "n_pix": int(n_pix), "train_time_s": t_total,

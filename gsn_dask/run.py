@@ -202,11 +202,13 @@ def task_chunk_size(n_star: int, cube_chunk: int, n_slots: int, chunk_size: int 
 # ---------------------------------------------------------------------------- run attrs
 def run_identity(model: Any, *, seed: int, sampler: str, config: Any) -> dict[str, Any]:
     """The attrs that identify a fit run (schema, model sha256, seed, sampler, FitConfig JSON, the
-    per-label systematics folded into p16/p84 (JSON, "null" if none)): written into every results
-    store, and what :func:`~gsn_dask.results_store.check_resumable` requires to match."""
-    from .fit.result import model_label_systematics
+    per-label systematics folded into p16/p84 and the Kiel prior applied to them (JSON, "null" if
+    none)): written into every results store, and what :func:`~gsn_dask.results_store.check_resumable`
+    requires to match."""
+    from .fit.result import reporting
 
-    sys_ = model_label_systematics(model, config)
+    how = reporting(model, config)
+    sys_ = how.systematics
     return {
         "schema": RESULTS_SCHEMA,
         "model_sha256": model.sha256,
@@ -214,6 +216,7 @@ def run_identity(model: Any, *, seed: int, sampler: str, config: Any) -> dict[st
         "sampler": sampler,
         "fit_config": config.to_json(),
         "label_systematics": "null" if sys_ is None else sys_.to_json(),
+        "label_prior": how.prior_json(),
     }
 
 

@@ -61,6 +61,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-label-systematics", action="store_true",
                    help="skip the CV fits that measure each label's systematic error (the fit then reports "
                         "purely statistical intervals for this model)")
+    p.add_argument("--label-prior", default=R.label_prior, choices=["auto", "kiel", "none"],
+                   help="kiel: store the density of the training stars in (Teff, log g) as the fit's prior (it keeps "
+                        "fits off where no star lives, e.g. K dwarfs at log g 5; `gsn-dask fit --set label_prior=none` "
+                        "switches it off); none: a uniform prior over the training box; auto: kiel for a library of "
+                        "observed stars (MILES), none for a synthetic grid")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model in MODEL_DIR")
     p.add_argument("--no-figure", action="store_true", help="skip diagnostics.png")
     p.add_argument("--no-progress", action="store_true",
@@ -97,6 +102,7 @@ def recipe_from_args(args: argparse.Namespace) -> TrainRecipe:
         label_ranges=ranges,
         mask_telluric=args.mask_telluric,
         label_systematics=not args.no_label_systematics,
+        label_prior=args.label_prior,
     )
 
 

@@ -43,7 +43,7 @@ import torch
 
 from ..emulator_torch import resolve_device
 from .config import FitConfig, check_config
-from .result import FitResult, LabelSystematics, few_pixels, model_label_systematics, result_flags, widen_intervals
+from .result import FitResult, Reporting, few_pixels, report_labels, reporting, result_flags
 from .rules import converged
 from .torch.emulator import TorchEmulator, torch_emulator
 from .torch.pool import run_pool
@@ -97,9 +97,9 @@ def auto_batch_size(model_or_emu: Any, config: FitConfig, device: str | torch.de
 
 # ====================================================================== results
 def _finalise(stack: SpectraStack, i: int, res: FitResult, snr: float, seed: int, cfg: FitConfig,
-              return_chain: bool, systematics: LabelSystematics | None) -> FitResult:
-    """Flags, S/N and seed of a pool result; the model's label ``systematics`` folded into its
-    interval."""
+              return_chain: bool, how: Reporting) -> FitResult:
+    """Flags, S/N and seed of a pool result; its reported labels (``how``: the model's label
+    systematics and Kiel prior, :func:`.result.report_labels`)."""
     tpl = stack.template
     snr_used = float(snr) if np.isfinite(snr) else float(stack.snr_median[i])
     conv = bool(converged(res.n_steps, res.tau_max, cfg.tau_factor))
@@ -107,11 +107,11 @@ def _finalise(stack: SpectraStack, i: int, res: FitResult, snr: float, seed: int
     res.snr, res.n_good, res.seed = snr_used, int(stack.n_good[i]), int(seed)
     if return_chain:
         res.param_names = list(tpl.param_names)
-    return widen_intervals(res, systematics)  # type: ignore[return-value]
+    return report_labels(res, how)  # type: ignore[return-value]
 
 
 def _sample_block(emu: TorchEmulator, stack: SpectraStack, todo: list[int], seeds: Sequence[int], snrs: np.ndarray,
-                  cfg: FitConfig, bs: int, return_chain: bool, systematics: LabelSystematics | None,
+                  cfg: FitConfig, bs: int, return_chain: bool, how: Reporting,
                   pbar: Any) -> tuple[dict[int, FitResult], int]:
     """Results of the stack rows ``todo`` (seeds, S/N by stack row), the pool of ``bs`` slots
     halved on CUDA out-of-memory, the stars split in two on any other error (a single star that
@@ -125,7 +125,7 @@ def _sample_block(emu: TorchEmulator, stack: SpectraStack, todo: list[int], seed
             with torch.no_grad():
                 raw = run_pool(emu, stack, chunk, [seeds[k] for k in chunk], cfg, bs, return_chain, pbar=pbar)
             for k, r in zip(chunk, raw):
-                out[k] = _finalise(stack, k, r, float(snrs[k]), seeds[k], cfg, return_chain, systematics)
+                out[k] = _finalise(stack, k, r, float(snrs[k]), seeds[k], cfg, return_chain, how)
         except Exception as exc:  # noqa: BLE001 - isolate: results do not depend on the batch
             if emu.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -192,7 +192,7 @@ def fit_spectra_batched(
         raise ValueError(f"{len(star_priors)} prior mappings for {S} spectra")
     dev = resolve_device(cfg.device)
     emu = torch_emulator(model, dev)
-    systematics = model_label_systematics(model, cfg)  # once per call, not per star
+    how = reporting(model, cfg)  # once per call, not per star
     bs = cfg.batch_size or auto_batch_size(emu, cfg, dev)
     results: list[FitResult | None] = [None] * S
     pbar = None
@@ -214,7 +214,7 @@ def fit_spectra_batched(
                     if results[i] is None:
                         todo.append(k)
                 done, bs = _sample_block(emu, stack, todo, [seeds[i] for i in rows], snrs[rows], cfg, bs,
-                                         return_chain, systematics, pbar)
+                                         return_chain, how, pbar)
                 for k, res in done.items():
                     results[rows[k]] = res
     finally:

@@ -55,6 +55,8 @@ from .geometry import C_KMS, MIN_COARSE_SHIFTS, MIN_USED_PIXELS, coarse_shifts, 
 
 MOVES = ("laplace-de", "de", "stretch")
 SAMPLERS = ("emcee", "batched", "map")
+#: The label priors a fit can use besides the uniform training box (see ``FitConfig.label_prior``).
+LABEL_PRIORS = ("auto", "kiel", "none")
 
 
 class ConfigError(ValueError):
@@ -86,6 +88,9 @@ class FitConfig:
     mask_windows: list[tuple[float, float]] = field(default_factory=list)  # extra zero-weight windows, vacuum A (lo, hi)
     # ---- priors: {label: (mu, sigma)} Gaussian, on top of the uniform training-range prior
     priors: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # the model's Kiel-diagram prior on (Teff, log g) (gsn_dask.label_prior): "auto" = use it when the
+    # model has one, "kiel" = require it (a ConfigError for a model without), "none" = uniform
+    label_prior: str = "auto"
     # ---- calibration: fold the model's per-label systematics (from its training CV) into p16/p84
     label_systematics: bool = True
     # {label: sigma} (label units) added in quadrature to the model's label systematics, e.g. what
@@ -151,6 +156,8 @@ class FitConfig:
         for k, (mu, sig) in self.priors.items():
             if not (math.isfinite(mu) and math.isfinite(sig) and sig > 0):
                 raise bad(f"prior for {k!r} must be (mu, sigma) with finite mu and sigma > 0, got {(mu, sig)}")
+        if self.label_prior not in LABEL_PRIORS:
+            raise bad(f"label_prior must be one of {LABEL_PRIORS}, got {self.label_prior!r}")
         for lo, hi in self.mask_windows:
             if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
                 raise bad(f"mask_windows must be (lo, hi) vacuum Angstrom pairs with lo < hi, got {(lo, hi)}")
@@ -234,6 +241,9 @@ def check_config(config: FitConfig, model: Any, sampler: str = "emcee") -> None:
         unknown = sorted(set(keys) - set(labels))
         if unknown:
             raise ConfigError(f"FitConfig: {what} for unknown labels {unknown}; the model's labels are {labels}")
+    if config.label_prior == "kiel" and not (getattr(model, "meta", None) or {}).get("label_prior"):
+        raise ConfigError(f"FitConfig: label_prior='kiel' but model {getattr(model, 'model_id', '?')} has no Kiel prior "
+                          "(train it with this version, or use label_prior 'auto' or 'none')")
     _check_rv_bounds(config, np.asarray(model.wavelength, dtype=np.float64))
     if sampler == "batched":
         _check_torch(config)
@@ -264,4 +274,4 @@ def _check_torch(config: FitConfig) -> None:
         raise ConfigError(f"FitConfig: device={config.device!r} but torch sees no CUDA device; use device 'cpu'")
 
 
-__all__ = ["ConfigError", "FitConfig", "MOVES", "SAMPLERS", "check_config"]
+__all__ = ["ConfigError", "FitConfig", "LABEL_PRIORS", "MOVES", "SAMPLERS", "check_config"]

@@ -23,7 +23,7 @@ from scipy.stats import truncnorm
 
 from .config import FitConfig, check_config
 from .posterior import star_posterior
-from .result import FitResult, model_label_systematics, result_flags, widen_intervals
+from .result import FitResult, report_labels, reporting, result_flags
 from .seeds import generator
 from .start import find_map
 from .threads import blas_threads
@@ -73,7 +73,7 @@ def fit_map(model: Any, flux: np.ndarray, ivar: np.ndarray, *, config: FitConfig
         flag=result_flags(post, q50[:L], float(q50[L]), chi2r, snr_used, bool(mres.success), config),
         status="ok", samples=samples, snr=snr_used, n_good=post.n_good, seed=int(seed), rv_map=float(theta[L]),
         n_eval=post.n_eval, map_success=bool(mres.success), param_names=list(post.param_names), map_start=mres)
-    return widen_intervals(res, model_label_systematics(model, config))  # type: ignore[return-value]
+    return report_labels(res, reporting(model, config))  # type: ignore[return-value]
 
 
 def fit_many(model: Any, flux: np.ndarray, ivar: np.ndarray, *, seeds: Sequence[int], snr: np.ndarray,

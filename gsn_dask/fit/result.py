@@ -245,6 +245,60 @@ def widen_intervals(res: FitResult | MutableMapping[str, Any],
     return res
 
 
-__all__ = ["FLUX_LIMIT", "IVAR_LIMIT", "FitResult", "LabelSystematics", "few_pixels", "input_problem",
-           "model_label_systematics", "result_flags", "systematics_from_record", "widen_intervals",
-           "with_extra_systematics"]
+@dataclass(frozen=True)
+class Reporting:
+    """How a fit's emulator-scale posterior becomes the reported labels (:func:`report_labels`): the
+    model's label ``systematics`` (or None) and its Kiel ``prior`` on (Teff, log g) (or None) with
+    the label indices ``prior_idx`` and the model's bounds."""
+
+    systematics: LabelSystematics | None
+    prior: Any = None
+    prior_idx: tuple[int, int] | None = None
+    lower: np.ndarray | None = None
+    upper: np.ndarray | None = None
+
+    def prior_json(self) -> str:
+        """The prior's identity for a run's attrs: "null", or its record and a digest of its grid."""
+        if self.prior is None:
+            return "null"
+        import hashlib
+
+        digest = hashlib.sha256(np.ascontiguousarray(self.prior.log_p).tobytes()).hexdigest()[:16]
+        return json.dumps({**dict(self.prior.record), "log_p_sha256": digest}, sort_keys=True)
+
+
+def reporting(model: Any, cfg: FitConfig) -> Reporting:
+    """The :class:`Reporting` of ``model`` under ``cfg``: :func:`model_label_systematics` and, unless
+    ``cfg.label_prior`` is "none", the model's Kiel prior (:mod:`gsn_dask.label_prior`)."""
+    from ..label_prior import LABELS, for_model
+
+    prior = None if cfg.label_prior == "none" else for_model(model)
+    names = list(model.label_names)
+    if prior is None or not set(LABELS) <= set(names):
+        return Reporting(model_label_systematics(model, cfg))
+    b = np.asarray(model.bounds, dtype=np.float64)
+    return Reporting(model_label_systematics(model, cfg), prior, (names.index(LABELS[0]), names.index(LABELS[1])),
+                     b[:, 0].copy(), b[:, 1].copy())
+
+
+def report_labels(res: FitResult | MutableMapping[str, Any], how: Reporting) -> FitResult | MutableMapping[str, Any]:
+    """The reported labels of a fitted star (in place): the label systematics folded in
+    (:func:`widen_intervals`), then the Kiel prior applied to median, p16, p84 and the draws
+    (:func:`gsn_dask.label_prior.apply`, :func:`~gsn_dask.label_prior.reweight_draws`). The MAP and
+    ``p16_stat``/``p84_stat`` stay the emulator's."""
+    widen_intervals(res, how.systematics)
+    d = res.__dict__ if isinstance(res, FitResult) else res
+    if how.prior is None or d.get("status") != "ok":
+        return res
+    from ..label_prior import apply, reweight_draws
+
+    d["median"], d["p16"], d["p84"] = apply(how.prior, d["median"], d["p16"], d["p84"], how.prior_idx,
+                                            how.lower, how.upper)
+    if d.get("samples") is not None and len(d["samples"]):
+        d["samples"] = reweight_draws(how.prior, d["samples"], how.prior_idx)
+    return res
+
+
+__all__ = ["FLUX_LIMIT", "IVAR_LIMIT", "FitResult", "LabelSystematics", "Reporting", "few_pixels", "input_problem",
+           "model_label_systematics", "report_labels", "reporting", "result_flags", "systematics_from_record",
+           "widen_intervals", "with_extra_systematics"]

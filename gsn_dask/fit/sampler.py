@@ -31,7 +31,7 @@ from emcee import moves as em
 from .config import FitConfig, check_config
 from .diagnostics import autocorr_time
 from .posterior import SpectrumPosterior, star_posterior
-from .result import FitResult, model_label_systematics, result_flags, widen_intervals
+from .result import FitResult, report_labels, reporting, result_flags
 from .rules import (INTERIOR_FRAC, MOVE_MIXTURES, MOVE_PARAMS, WALKER_REDRAWS, burn_kept, converged,
                     extra_steps)
 from .seeds import generator, random_state
@@ -157,7 +157,7 @@ def _fit_spectrum(model: Any, flux: np.ndarray, ivar: np.ndarray, *, cfg: FitCon
     sampler, n_prod, tau = _sample(post, mres, cfg, seed)
     res = _summarise(post, mres, sampler, n_prod, tau, cfg, snr_used)
     res.seed = int(seed)
-    widen_intervals(res, model_label_systematics(model, cfg))
+    report_labels(res, reporting(model, cfg))
     if return_chain:
         res.chain, res.log_prob_chain = sampler.get_chain(), sampler.get_log_prob()
         res.param_names, res.map_start, res.tau = list(post.param_names), mres, tau
