@@ -144,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
         "final_epochs": rep["final_epochs"],
         "label_systematics": ({k: (round(v, 4) if v is not None else None) for k, v in systematics["sigma"].items()}
                               if systematics else None),
+        "label_prior": (f"kiel (p(log g | Teff) of {model.meta['label_prior']['n_star']} stars)"
+                        if model.meta.get("label_prior") else "none"),
         "train_time_s": round(rep["train_time_s"], 1),
         "diagnostics": str(fig) if fig else None,
     }
