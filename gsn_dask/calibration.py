@@ -43,7 +43,7 @@ from .fit.start import find_map
 if TYPE_CHECKING:  # pragma: no cover - typing only (torch is needed to train, not to calibrate)
     import xarray as xr
 
-    from .emulator_torch import CVFolds
+    from .emulator_data import CVFolds
 
 log = logging.getLogger(__name__)
 

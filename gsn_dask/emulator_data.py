@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
-from .emulator import default_normalisation
+from .emulator import GSN, default_normalisation
 from .labels import canonical_order
 
 #: chi^2 with one degree of freedom: median (used by the robust emulator-error estimate).
@@ -306,7 +307,26 @@ def analytic_cube(
     )
 
 
+@dataclass
+class CVFolds:
+    """The cross-validation of one training: which fold model held out which star.
+
+    ``models[j]`` (numpy GSNs carrying the CV emulator error) did not train on the stars with
+    ``model_index == j`` (-1: no fold model held the star out); ``flux``/``ivar`` (n_star, n_pix)
+    are the normalised training spectra on the model grid, ``labels`` (n_star, n_label) their
+    reference labels (physical units), ``seed`` the training seed. The calibration step
+    (:mod:`gsn_dask.calibration`) fits the held-out stars with these models."""
+
+    models: list[GSN]
+    model_index: np.ndarray
+    flux: np.ndarray
+    ivar: np.ndarray
+    labels: np.ndarray
+    seed: int
+
+
 __all__ = [
+    "CVFolds",
     "analytic_cube",
     "cv_metrics",
     "diagnostics_figure",

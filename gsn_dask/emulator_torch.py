@@ -29,7 +29,6 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from torch.nn import functional as F
 
 from .emulator import GSN, default_normalisation
 from .emulator_data import (  # the numpy half of training; the figure and the test cube complete the API here
+    CVFolds,
     _weighted_mean_spectrum,
     analytic_cube,
     cv_metrics,
@@ -427,24 +427,6 @@ def _fit_net(
 
 
 # ------------------------------------------------------------------------ public training API
-@dataclass
-class CVFolds:
-    """The cross-validation of one training: which fold model held out which star.
-
-    ``models[j]`` (numpy GSNs carrying the CV emulator error) did not train on the stars with
-    ``model_index == j`` (-1: no fold model held the star out); ``flux``/``ivar`` (n_star, n_pix)
-    are the normalised training spectra on the model grid, ``labels`` (n_star, n_label) their
-    reference labels (physical units), ``seed`` the training seed. The calibration step
-    (:mod:`gsn_dask.calibration`) fits the held-out stars with these models."""
-
-    models: list[GSN]
-    model_index: np.ndarray
-    flux: np.ndarray
-    ivar: np.ndarray
-    labels: np.ndarray
-    seed: int
-
-
 def _note(progress: bool, msg: str) -> None:
     """One line per finished training stage: on stderr with ``progress``, else at INFO."""
     if progress:
