@@ -94,21 +94,17 @@ def build(teff: np.ndarray, logg: np.ndarray, teff_bounds: tuple[float, float], 
     return KielPrior(float(xs[0]), float(xs[1] - xs[0]), float(ys[0]), float(ys[1] - ys[0]), log_p, rec)
 
 
-def log_density(prior: KielPrior, grid: Any, teff: Any, logg: Any) -> Any:
-    """log p at ``teff`` (K), ``logg`` (dex) (arrays or tensors of one shape), bilinear in the grid
-    nodes; outside the grid the edge value. ``grid``: ``prior.log_p`` as the same array type
-    (numpy array or torch tensor on the labels' device)."""
+def log_density(prior: KielPrior, teff: np.ndarray, logg: np.ndarray) -> np.ndarray:
+    """log p at ``teff`` (K), ``logg`` (dex) (arrays of one shape), bilinear in the grid nodes;
+    outside the grid the edge value."""
     ny, nx = prior.log_p.shape
-    is_torch = hasattr(teff, "long")
-    fx = ((teff.log10() if is_torch else np.log10(teff)) - prior.x0) / prior.dx
-    fx = fx.clip(0.0, nx - 1.0)
-    fy = ((logg - prior.y0) / prior.dy).clip(0.0, ny - 1.0)
-    ix = (fx.floor() if is_torch else np.floor(fx)).clip(0, nx - 2)
-    iy = (fy.floor() if is_torch else np.floor(fy)).clip(0, ny - 2)
+    fx = ((np.log10(teff) - prior.x0) / prior.dx).clip(0.0, nx - 1.0)
+    fy = ((np.asarray(logg) - prior.y0) / prior.dy).clip(0.0, ny - 1.0)
+    ix, iy = np.floor(fx).clip(0, nx - 2), np.floor(fy).clip(0, ny - 2)
     tx, ty = fx - ix, fy - iy
-    ix, iy = (ix.long(), iy.long()) if is_torch else (ix.astype(np.int64), iy.astype(np.int64))
-    return ((1 - ty) * ((1 - tx) * grid[iy, ix] + tx * grid[iy, ix + 1])
-            + ty * ((1 - tx) * grid[iy + 1, ix] + tx * grid[iy + 1, ix + 1]))
+    ix, iy, g = ix.astype(np.int64), iy.astype(np.int64), prior.log_p
+    return ((1 - ty) * ((1 - tx) * g[iy, ix] + tx * g[iy, ix + 1])
+            + ty * ((1 - tx) * g[iy + 1, ix] + tx * g[iy + 1, ix + 1]))
 
 
 #: Quadrature nodes per label, in units of each side's sigma, for :func:`apply`.
@@ -139,7 +135,7 @@ def apply(prior: KielPrior, median: np.ndarray, p16: np.ndarray, p84: np.ndarray
     if not all(np.all(np.isfinite(c)) for c in centres):
         return med, lo, hi
     at = np.meshgrid(*(np.clip(c, lower[j], upper[j]) for c, j in zip(centres, idx)), indexing="ij")
-    w = mass[:, None] * mass[None, :] * np.exp(log_density(prior, prior.log_p, *at))
+    w = mass[:, None] * mass[None, :] * np.exp(log_density(prior, *at))
     for j, m in ((idx[0], w.sum(axis=1)), (idx[1], w.sum(axis=0))):
         cum = np.r_[0.0, np.cumsum(m)] / m.sum()
         med[j], lo[j], hi[j] = np.interp([0.5, 0.16, 0.84], cum, _split_normal(med[j], lo[j], hi[j], edges))
@@ -153,7 +149,7 @@ def reweight_draws(prior: KielPrior, draws: np.ndarray, idx: tuple[int, int]) ->
     n = draws.shape[0]
     if n == 0:
         return draws
-    w = np.exp(log_density(prior, prior.log_p, draws[:, idx[0]], draws[:, idx[1]]))
+    w = np.exp(log_density(prior, draws[:, idx[0]], draws[:, idx[1]]))
     c = np.cumsum(w) / w.sum()
     return draws[np.minimum(np.searchsorted(c, (np.arange(n) + 0.5) / n), n - 1)]
 
