@@ -93,7 +93,8 @@ def clip_outliers(sub, model, settings: dict, k: float, seed: int):  # noqa: ANN
         bad = bf["used"].values & (np.abs((bf["flux"].values - bf["model_flux"].values) * np.sqrt(w)) > k)
     sl = model.pixel_slice(np.asarray(sub["wavelength"].values, dtype=np.float64))
     ivar = np.array(sub["ivar"].values)
-    rows = [list(map(str, sub["star"].values)).index(s) for s in map(str, bf["star"].values)]
+    row_of = {str(s): i for i, s in enumerate(sub["star"].values)}
+    rows = [row_of[str(s)] for s in bf["star"].values]
     block = ivar[rows, sl]
     block[bad] = 0.0
     ivar[rows, sl] = block
