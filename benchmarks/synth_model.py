@@ -27,6 +27,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ import gsn_dask as gd
 from gsn_dask.api import DEFAULT_MODEL_DIR
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lamost_labels import _stats  # noqa: E402  (the same statistics as the issue-15 measurement)
+from _common import label_stats  # noqa: E402  (the same statistics as the issue-15 measurement)
 
 OUT = Path(__file__).resolve().parent / "results" / "synth_model.json"
 
@@ -70,12 +71,17 @@ def fit_against(cube_path: Path, model, sampler: str, seed: int) -> dict:
     names = [str(x) for x in res["label"].values]
     for name, sel in sets.items():
         out["sets"][name] = {
-            lab: _stats(res["median"].values[sel, j], sub[f"label_{lab}"].values[sel], res["p16"].values[sel, j],
-                        res["p84"].values[sel, j])
+            lab: label_stats(res["median"].values[sel, j], sub[f"label_{lab}"].values[sel], res["p16"].values[sel, j],
+                             res["p84"].values[sel, j])
             for j, lab in enumerate(names) if f"label_{lab}" in sub
         }
     ref = {lab: np.asarray(sub[f"label_{lab}"].values, float) for lab in names if f"label_{lab}" in sub}
     return {"stats": out, "results": res, "ref": ref, "snr": snr}
+
+
+CLASSES = {"all": lambda g, t: np.ones_like(g, bool), "dwarfs (log g >= 4)": lambda g, t: g >= 4.0,
+           "K/G dwarfs (log g >= 4, Teff < 5700 K)": lambda g, t: (g >= 4.0) & (t < 5700),
+           "giants (log g < 3.5)": lambda g, t: g < 3.5}
 
 
 def scale_transfer(miles: dict, lamost: dict, lamost_miles_model: dict) -> dict:
@@ -86,19 +92,37 @@ def scale_transfer(miles: dict, lamost: dict, lamost_miles_model: dict) -> dict:
     reference: offset(synth - LASP) - offset(synth - MILES literature) estimates the scale
     difference MILES literature - LASP on such stars (the synthetic model is the common ruler).
     The MILES model's own offset against LASP minus that scale difference is what the MILES model
-    adds on survey spectra. Also: LAMOST labels of the synthetic model with its MILES offsets removed."""
+    adds on survey spectra. Also: LAMOST labels of the synthetic model with its MILES offsets removed.
+    ``by_class``: the same per stellar class (:data:`CLASSES`, by the reference log g and Teff)."""
     sel_l = (lamost["snr"] > 30) & (lamost["ref"]["teff"] >= 4000) & (lamost["ref"]["teff"] <= 7000)
     box = {k: (np.nanmin(v[sel_l]), np.nanmax(v[sel_l])) for k, v in lamost["ref"].items()}
     sel_m = np.all([(miles["ref"][k] >= lo) & (miles["ref"][k] <= hi) for k, (lo, hi) in box.items()], axis=0)
-    out = {"box": box, "n_lamost": int(sel_l.sum()), "n_miles": int(sel_m.sum()), "labels": {}}
-    for lab in box:
+    out = {"box": box, "n_lamost": int(sel_l.sum()), "n_miles": int(sel_m.sum()), "labels": {}, "by_class": {}}
+    for cname, cls in CLASSES.items():
+        cl = sel_l & cls(lamost["ref"]["logg"], lamost["ref"]["teff"])
+        cm = sel_m & cls(miles["ref"]["logg"], miles["ref"]["teff"])
+        rec = {"n_lamost": int(cl.sum()), "n_miles": int(cm.sum()), "labels": _transfer(miles, lamost, lamost_miles_model, cl, cm, box)}
+        if cname == "all":
+            out["labels"] = rec["labels"]
+        else:
+            out["by_class"][cname] = rec
+    return out
+
+
+def _transfer(miles: dict, lamost: dict, lamost_miles_model: dict, sel_l: np.ndarray, sel_m: np.ndarray,
+              labels: Iterable[str]) -> dict:
+    """:func:`scale_transfer`'s offsets per label for LAMOST stars ``sel_l`` and MILES stars ``sel_m``."""
+    out = {}
+    if not sel_l.any() or not sel_m.any():
+        return out
+    for lab in labels:
         def off(fit: dict, sel: np.ndarray) -> np.ndarray:
             return fit["results"]["median"].sel(label=lab).values[sel] - fit["ref"][lab][sel]
 
         d_sl, d_sm, d_ml = off(lamost, sel_l), off(miles, sel_m), off(lamost_miles_model, sel_l)
         scale = float(np.median(d_sl) - np.median(d_sm))
         cal = d_sl - np.median(d_sm)
-        out["labels"][lab] = {
+        out[lab] = {
             "synth_minus_lasp": float(np.median(d_sl)), "synth_minus_miles_lit": float(np.median(d_sm)),
             "miles_lit_minus_lasp_scale": scale, "miles_model_minus_lasp": float(np.median(d_ml)),
             "miles_model_own_offset": float(np.median(d_ml) - scale),
@@ -106,6 +130,69 @@ def scale_transfer(miles: dict, lamost: dict, lamost_miles_model: dict) -> dict:
                                                   "mad_std": float(1.4826 * np.median(np.abs(cal - np.median(cal))))},
         }
     return out
+
+
+def hybrid_cube(miles_cube: Path, synth_cube: Path, miles_fit: dict, out: Path) -> tuple[Path, int]:
+    """The hybrid training cube: every MILES star (literature Teff, log g, [Fe/H]) and every synthetic
+    spectrum, on their common pixels. A MILES star's [alpha/Fe] is the synthetic GSN's fit of it where
+    its literature Teff is inside the grid's 4000-7000 K and the fit is ok, else the schematic Galactic
+    pattern at its literature [Fe/H] (:data:`gsn_dask.plots.GALACTIC_ALPHA_PATTERN`)."""
+    from gsn_dask.cube import make_spectra, write_spectra
+    from gsn_dask.plots import GALACTIC_ALPHA_PATTERN
+
+    m, s = gd.open_spectra(miles_cube).load(), gd.open_spectra(synth_cube).load()
+    wm, ws = m["wavelength"].values, s["wavelength"].values
+    j = np.searchsorted(wm, ws[0] * (1 - 1e-9))
+    n = min(wm.size - j, ws.size)  # the common pixels of the one log-lambda grid
+    if n < 0.9 * ws.size or not np.allclose(wm[j:j + n], ws[:n], rtol=1e-9, atol=0.0):
+        raise ValueError("the MILES and synthetic cubes are not on the same wavelength grid")
+    m, s = m.isel(wavelength=slice(j, j + n)), s.isel(wavelength=slice(0, n))
+    res = miles_fit["results"]
+    stars = [str(x) for x in res["star"].values]
+    m = m.sel(star=stars)
+    teff, feh = miles_fit["ref"]["teff"], miles_fit["ref"]["feh"]
+    use_fit = np.array([str(x) == "ok" for x in res["status"].values]) & (teff >= 4000) & (teff <= 7000)
+    alpha = np.where(use_fit, res["median"].sel(label="alpha_fe").values, np.interp(feh, *GALACTIC_ALPHA_PATTERN))
+    labels = {k: np.r_[m[f"label_{k}"].values, s[f"label_{k}"].values] for k in ("teff", "logg", "feh")}
+    labels["alpha_fe"] = np.r_[alpha, s["label_alpha_fe"].values]
+    ds = make_spectra(stars + [str(x) for x in s["star"].values], m["wavelength"].values,
+                      np.vstack([m["flux"].values, s["flux"].values]), np.vstack([m["ivar"].values, s["ivar"].values]),
+                      labels=labels, source=[f"MILES:{x}" for x in stars] + [str(x) for x in s["source"].values],
+                      normalised=True, flux_unit="normalised", resolution=str(s.attrs.get("resolution", "")),
+                      history="synth_model.py hybrid: MILES (alpha_fe from the synthetic GSN or the Galactic pattern) + synthetic grid",
+                      attrs={"source": "MILES+synthetic"})
+    write_spectra(ds, out, overwrite=True)
+    return out, int(ds.sizes["star"])
+
+
+def train_hybrid(miles_cube: Path, synth_cube: Path, miles_fit: dict, work: Path, overrides: dict) -> tuple:
+    """Train the hybrid GSN (:func:`hybrid_cube`) with the default recipe; its Kiel prior from the
+    MILES stars only (the synthetic labels are a design, not a population)."""
+    from gsn_dask.calibration import train_and_calibrate
+
+    cube, n = hybrid_cube(miles_cube, synth_cube, miles_fit, work / "hybrid.zarr")
+    t0 = time.perf_counter()
+    model, _ = train_and_calibrate(cube, progress=False, **{"label_prior": "none", **overrides})
+    lab = gd.open_spectra(miles_cube)
+    model = gd.with_label_prior(model, np.asarray(lab["label_teff"].values, float), np.asarray(lab["label_logg"].values, float))
+    model.save(work / "hybrid_model")
+    return model, n, time.perf_counter() - t0
+
+
+def save_fits(fits: dict[str, dict], folder: Path) -> None:
+    """Per star (CSV, one file per fitted sample): reference labels, status, median / p16 / p84."""
+    import pandas as pd
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, fit in fits.items():
+        res = fit["results"]
+        cols = {"star": [str(x) for x in res["star"].values], "status": [str(x) for x in res["status"].values],
+                "snr": fit["snr"]}
+        cols.update({f"ref_{k}": v for k, v in fit["ref"].items()})
+        for q in ("median", "p16", "p84"):
+            cols.update({f"{q}_{lab}": res[q].sel(label=lab).values for lab in (str(x) for x in res["label"].values)})
+        slug = "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
+        pd.DataFrame(cols).to_csv(folder / f"fits_{slug}.csv", index=False, float_format="%.5g")
 
 
 def alpha_pattern(fit: dict) -> dict:
@@ -142,7 +229,7 @@ def alpha_figure(fits: dict[str, dict], path: Path) -> None:
         ax.plot(*GALACTIC_ALPHA_PATTERN, "k--", lw=1, label="Galactic pattern (schematic)")
         ax.set_xlabel("[Fe/H] (reference)")
         ax.set_title(f"{name} (N = {int(ok.sum())})")
-    np.atleast_1d(axes)[0].set_ylabel(r"[$\alpha$/Fe] (synthetic GSN)")
+    np.atleast_1d(axes)[0].set_ylabel(r"[$\alpha$/Fe] (fitted)")
     np.atleast_1d(axes)[0].legend(fontsize=8)
     fig.savefig(path, dpi=130)
 
@@ -158,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="training recipe override (JSON)")
     ap.add_argument("--save", type=Path, default=OUT)
+    ap.add_argument("--hybrid", action="store_true",
+                    help="also train and fit the hybrid GSN (MILES + synthetic spectra, MILES alpha_fe from the synthetic fits)")
     args = ap.parse_args(argv)
     from gsn_dask.calibration import train_and_calibrate
 
@@ -183,10 +272,18 @@ def main(argv: list[str] | None = None) -> int:
         "alpha_pattern": {k: alpha_pattern(v) for k, v in fits.items()},
         "scale_transfer": scale_transfer(fits["MILES (literature)"], fits["LAMOST (LASP)"], lamost_miles),
     }
+    if args.hybrid:
+        hyb, n_hyb, hyb_s = train_hybrid(args.miles_cube, cube, fits["MILES (literature)"], args.work, overrides)
+        lamost_hyb = fit_against(args.lamost_cube, hyb, args.sampler, args.seed)
+        fits["LAMOST (LASP), hybrid GSN"] = lamost_hyb
+        out["hybrid_model_on_lamost"] = {"n_training_spectra": n_hyb, "train_wall_s": hyb_s,
+                                         "label_systematics": (hyb.meta.get("label_systematics") or {}).get("sigma"),
+                                         **lamost_hyb["stats"], "alpha_pattern": alpha_pattern(lamost_hyb)}
     print(json.dumps({k: v for k, v in out.items() if k != "emulator_cv"}, indent=1, default=str))
     args.save.parent.mkdir(parents=True, exist_ok=True)
     args.save.write_text(json.dumps(out, indent=1, default=str))
     alpha_figure(fits, args.save.with_name(args.save.stem + "_alpha.png"))
+    save_fits({**fits, "LAMOST (LASP), MILES GSN": lamost_miles}, args.work)
     return 0
 
 
