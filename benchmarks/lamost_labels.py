@@ -62,21 +62,11 @@ def cv_extra_floor(ours: np.ndarray, ref: np.ndarray, p16: np.ndarray, p84: np.n
 
 
 def cv_scale_transfer(ours: np.ndarray, ref: np.ndarray) -> dict[str, float]:
-    """The scale offset separated from the scatter: a straight line ref = a + b * ours (least
-    squares, 3-sigma clipped once) fitted on one half of the stars (alternate rows) and applied to the
-    other, both ways; bias and 1.4826 MAD of (transferred - LASP) on the held-out halves."""
-    ok = np.isfinite(ours) & np.isfinite(ref)
-    x, y = ours[ok], ref[ok]
-    out = np.full(x.size, np.nan)
-    halves = np.arange(x.size) % 2 == 0
-    for fit_on in (halves, ~halves):
-        b, a = np.polyfit(x[fit_on], y[fit_on], 1)
-        r = y[fit_on] - (a + b * x[fit_on])
-        keep = np.abs(r - np.median(r)) < 3 * 1.4826 * np.median(np.abs(r - np.median(r)))
-        b, a = np.polyfit(x[fit_on][keep], y[fit_on][keep], 1)
-        out[~fit_on] = a + b * x[~fit_on]
-    d = out - y
-    return {"bias_cv": float(np.median(d)), "mad_std_cv": float(1.4826 * np.median(np.abs(d - np.median(d))))}
+    """The scale offset separated from the scatter (:func:`gsn_dask.validate.scale_transfer`, what
+    ``gsn-dask validate`` reports): a straight line to LASP fitted on alternate stars, applied to the others."""
+    from gsn_dask.validate import scale_transfer
+
+    return scale_transfer(ours, ref)
 
 
 def clip_outliers(sub, model, settings: dict, k: float, seed: int):  # noqa: ANN001, ANN201 - xarray.Dataset

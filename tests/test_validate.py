@@ -14,6 +14,7 @@ from gsn_dask import cube as C
 from gsn_dask.flags import Flag
 from gsn_dask.io.sample import sample_labels
 from gsn_dask.validate import (
+    STELLAR_CLASSES,
     ValidationReport,
     assign_snr_bins,
     canonical_ids,
@@ -22,7 +23,9 @@ from gsn_dask.validate import (
     match_by_sky,
     read_reference,
     robust_std,
+    scale_transfer,
     snr_bin_names,
+    stellar_classes,
     validate,
     write_report,
 )
@@ -331,6 +334,46 @@ def _check_png(p: Path, min_bytes: int = 20_000) -> None:
     assert len(data) > min_bytes, (p, len(data))
 
 
+# ------------------------------------------------------------------------ classes and scales
+def test_stellar_classes_split_the_kiel_diagram():
+    teff = np.array([9000.0, 6000.0, 4500.0, 4500.0, 6999.0, 3500.0, np.nan])
+    logg = np.array([4.0, 4.3, 4.6, 2.5, 3.79, 5.0, 4.0])
+    cls = stellar_classes(teff, logg)
+    assert list(cls) == [c[0] for c in STELLAR_CLASSES]
+    got = [next((name for name, m in cls.items() if m[i]), None) for i in range(teff.size)]
+    hot, fg, km, giants = list(cls)
+    assert got == [hot, fg, km, giants, giants, km, None]
+    assert np.sum([m for m in cls.values()], axis=0).max() == 1  # no star in two classes
+
+
+def test_class_table_finds_an_offset_confined_to_one_class():
+    """K/M dwarfs 200 K hot, every other class unbiased: the class table shows it, the overall bias hides it."""
+    res, spectra, ref = make_set(n=3000, bias=[0.0, 0.0, 0.0])
+    km = stellar_classes(ref[:, 0], ref[:, 1])["K/M dwarfs (< 5300 K, log g >= 3.8)"]
+    for q in ("median", "p16", "p84"):  # the fit's whole posterior 200 K hot
+        res[q][:, 0] = res[q].values[:, 0] + 200.0 * km
+    rep = validate(res, spectra, cube=spectra)
+    c = rep.classes[(rep.classes["snr_set"] == "all") & (rep.classes["label"] == "teff")].set_index("stellar_class")
+    assert c.loc["K/M dwarfs (< 5300 K, log g >= 3.8)", "bias"] == pytest.approx(200.0, abs=15.0)
+    assert c.loc["K/M dwarfs (< 5300 K, log g >= 3.8)", "n"] == km.sum()
+    assert c.loc["F/G dwarfs (5300-7000 K, log g >= 3.8)", "bias"] == pytest.approx(0.0, abs=15.0)
+    assert c.loc["K/M dwarfs (< 5300 K, log g >= 3.8)", "frac_in_68"] < 0.2  # 200 K off with 80 K intervals
+    hi = rep.classes[rep.classes["snr_set"] == "S/N >= 30"]
+    assert 0 < hi["n"].max() < c["n"].max()
+
+
+def test_scale_transfer_separates_a_linear_scale_from_the_scatter():
+    rng = np.random.default_rng(3)
+    ref = rng.uniform(4000, 7000, 4000)
+    ours = (ref - 300.0) / 1.1 + rng.normal(0, 50.0, ref.size)  # another scale, 50 K scatter
+    st = scale_transfer(ours, ref)
+    assert st["slope"] == pytest.approx(1.1, abs=0.01) and st["intercept"] == pytest.approx(300.0, abs=40.0)
+    assert st["mad_std_cv"] == pytest.approx(55.0, rel=0.06)  # 1.1 x 50 K, in the reference's units
+    assert abs(st["bias_cv"]) < 5.0
+    assert robust_std(ours - ref) > 1.7 * st["mad_std_cv"]  # most of the raw scatter is the scale
+    assert np.isnan(scale_transfer(ours[:5], ref[:5])["slope"])  # too few stars: NaN, no error
+
+
 def test_write_report_files(tmp_path):
     res, spectra, _ = make_set(n=500)
     rep = validate(res, spectra, cube=spectra)
@@ -340,7 +383,8 @@ def test_write_report_files(tmp_path):
         assert f"{stem}.png" in names and f"{stem}.pdf" in names
         _check_png(tmp_path / "rep" / f"{stem}.png")
         assert (tmp_path / "rep" / f"{stem}.pdf").read_bytes()[:4] == b"%PDF"
-    for name in ("stats.csv", "stats.ecsv", "calibration.csv", "calibration.ecsv", "matched.csv", "report.md"):
+    for name in ("stats.csv", "stats.ecsv", "calibration.csv", "calibration.ecsv", "classes.csv", "scale.csv",
+                 "matched.csv", "report.md"):
         assert name in names
     stats = pd.read_csv(tmp_path / "rep" / "stats.csv")
     assert len(stats) == 15 and stats["n"].iloc[-1] == 500
@@ -351,6 +395,9 @@ def test_write_report_files(tmp_path):
     np.testing.assert_allclose(np.asarray(t["bias"], float), stats["bias"].to_numpy(), rtol=1e-9)
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "![one_to_one](one_to_one.png)" in md and "| teff [K] | all | 500 |" in md
+    assert "## By stellar class" in md and "## Scale offset and scatter" in md
+    scale = pd.read_csv(tmp_path / "rep" / "scale.csv")
+    assert set(scale["snr_set"]) == {"all", "S/N >= 30"} and scale["slope"].notna().all()
     matched = pd.read_csv(tmp_path / "rep" / "matched.csv")
     assert len(matched) == 500 and "diff_teff" in matched.columns
 

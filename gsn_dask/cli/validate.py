@@ -10,9 +10,11 @@ DESCRIPTION = """\
 Compare fitted labels (a results cube written by `gsn-dask fit`) with reference labels and
 write a report: bias (median of ours - reference), scatter (std and 1.4826 x MAD) and outlier
 fraction per label in S/N bins, posterior calibration (fraction of reference values inside
-[p16, p84], robust std of z = diff / sigma_post), figures (one-to-one with residual
-histograms, Kiel diagram, residuals vs S/N, z distributions; PNG and PDF), CSV/ECSV tables
-and report.md.
+[p16, p84], robust std of z = diff / sigma_post), the same by stellar class of the reference
+(hot, F/G dwarfs, K/M dwarfs, giants: where two catalogues' scales part), the scatter left after
+a straight-line scale transfer to the reference (cross-validated), figures (one-to-one with
+residual histograms, Kiel diagram, residuals vs S/N, z distributions; PNG and PDF), CSV/ECSV
+tables and report.md.
 
 The reference is a spectra cube (zarr, its label_<name> variables, matched by star id), another
 results cube (its posterior medians), or a table (CSV, ECSV, FITS, parquet, ...) with one column

@@ -19,7 +19,7 @@ from ..flags import Flag
 from .match import DEFAULT_RADIUS_ARCSEC, CrossMatch, _per_star, cross_match
 from .reference import _numeric, _str_values, canonical_ids, dataset_to_frame, detect_columns, parse_mapping
 from .report import ValidationReport
-from .stats import DEFAULT_SNR_BINS, DEFAULT_THRESHOLDS, assign_snr_bins, compute_stats
+from .stats import DEFAULT_SNR_BINS, DEFAULT_THRESHOLDS, assign_snr_bins, class_stats, compute_stats, scale_stats
 
 log = logging.getLogger(__name__)
 
@@ -269,5 +269,7 @@ def validate(
     matched.attrs.update({k: str(v) for k, v in settings.items()})
     _add_unmatched_alpha(matched, results, our_labels, use, hit)
     stats, calibration = compute_stats(matched, snr_bins=snr_bins, thresholds=settings["thresholds"])
+    min_snr = snr_bins[1] if len(snr_bins) > 1 else None  # 30 with the default bins
     return ValidationReport(matched=matched, stats=stats, calibration=calibration, labels=list(use),
-                            snr_bins=snr_bins, settings=settings)
+                            snr_bins=snr_bins, settings=settings, classes=class_stats(matched, min_snr=min_snr),
+                            scale=scale_stats(matched, min_snr=min_snr))

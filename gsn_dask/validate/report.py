@@ -23,7 +23,10 @@ class ValidationReport:
     ``ours``, ``ref``, ``ref_err``, ``p16``, ``p84``, ``sigma_post``, ``diff``, ``z``, ``z_tot``,
     ``in68`` and per star ``snr``, ``flag``, ``status``, ``ref_id``, ``sep_arcsec``, ``selected``
     (passes the flag filter). ``stats``: one row per (label, snr_bin) incl. ``all``.
-    ``calibration``: one row per label over all selected stars.
+    ``calibration``: one row per label over all selected stars. ``classes``: bias, scatter and
+    coverage per stellar class of the reference (:func:`~gsn_dask.validate.stats.class_stats`);
+    ``scale``: the scatter left after a straight-line scale transfer to the reference
+    (:func:`~gsn_dask.validate.stats.scale_stats`).
     """
 
     matched: xr.Dataset
@@ -32,10 +35,12 @@ class ValidationReport:
     labels: list[str]
     snr_bins: tuple[float, ...]
     settings: dict[str, Any] = field(default_factory=dict)
+    classes: pd.DataFrame | None = None
+    scale: pd.DataFrame | None = None
 
     def table(self) -> str:
-        """The statistics as a fixed-width text table."""
-        return format_stats(self.stats, self.calibration)
+        """The statistics as fixed-width text tables."""
+        return format_stats(self.stats, self.calibration, classes=self.classes, scale=self.scale)
 
     def __str__(self) -> str:  # pragma: no cover - convenience
         return self.table()
@@ -77,6 +82,32 @@ def _calib_rows(calibration: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     return head, body
 
 
+def _class_rows(classes: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    head = ["S/N", "class (reference labels)", "label", "N", "bias", "MAD std", "in 68%"]
+    body = [[str(r.snr_set), str(r.stellar_class), str(r.label), str(int(r.n)), _fmt(r.bias, str(r.label)),
+             _fmt(r.mad_std, str(r.label)), _fmt(r.frac_in_68, str(r.label), "frac")]
+            for r in classes.itertuples(index=False) if r.n > 0]
+    return head, body
+
+
+def _scale_rows(scale: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    head = ["S/N", "label", "N", "bias", "MAD std", "slope", "intercept", "bias (CV)", "MAD std (CV)"]
+    body = [[str(r.snr_set), str(r.label), str(int(r.n)), _fmt(r.bias, str(r.label)), _fmt(r.mad_std, str(r.label)),
+             "-" if not np.isfinite(r.slope) else f"{r.slope:.3f}", _fmt(r.intercept, str(r.label)),
+             _fmt(r.bias_cv, str(r.label)), _fmt(r.mad_std_cv, str(r.label))]
+            for r in scale.itertuples(index=False) if r.n > 0]
+    return head, body
+
+
+#: What the scale table means (text and markdown).
+SCALE_NOTE = ("Scale: a straight line reference = intercept + slope x ours (3-sigma clipped least squares) "
+              "takes out a linear scale difference between the two catalogues; bias and MAD std (CV) are those "
+              "of the transferred labels on alternate stars, the line fitted on the others (2-fold).")
+#: What the class table means.
+CLASS_NOTE = ("By stellar class of the reference labels: where two catalogues' scales part, they part by "
+              "class (e.g. hot stars, K dwarfs), which one bias and one scatter hide.")
+
+
 def _text_table(head: list[str], body: list[list[str]]) -> str:
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
     line = "  ".join(h.rjust(w) if i > 1 else h.ljust(w) for i, (h, w) in enumerate(zip(head, widths)))
@@ -92,8 +123,10 @@ def _md_table(head: list[str], body: list[list[str]]) -> str:
     return "\n".join(out)
 
 
-def format_stats(stats: pd.DataFrame, calibration: pd.DataFrame | None = None) -> str:
-    """The statistics (and calibration) as fixed-width text tables (diff = ours - reference)."""
+def format_stats(stats: pd.DataFrame, calibration: pd.DataFrame | None = None, *,
+                 classes: pd.DataFrame | None = None, scale: pd.DataFrame | None = None) -> str:
+    """The statistics (and calibration, class and scale tables) as fixed-width text tables
+    (diff = ours - reference)."""
     text = "Bias = median(ours - ref), std, MAD std = 1.4826 MAD; outliers: |diff| > threshold\n"
     text += _text_table(*_stats_rows(stats))
     if calibration is not None and len(calibration):
@@ -102,6 +135,10 @@ def format_stats(stats: pd.DataFrame, calibration: pd.DataFrame | None = None) -
         text += "extra sigma: the floor that, refitting with --set extra_systematics='{\"label\": sigma}', makes\n"
         text += "median |z| = 0.6745 (68% coverage of this reference)\n"
         text += _text_table(*_calib_rows(calibration))
+    if classes is not None and len(classes):
+        text += "\n\n" + CLASS_NOTE + "\n" + _text_table(*_class_rows(classes))
+    if scale is not None and len(scale):
+        text += "\n\n" + SCALE_NOTE + "\n" + _text_table(*_scale_rows(scale))
     return text
 
 
@@ -148,6 +185,10 @@ def write_report(report: ValidationReport, out_dir: str | Path, *, figures: bool
     written: list[Path] = []
     written += _write_table(report.stats, out / "stats", meta)
     written += _write_table(report.calibration, out / "calibration", meta)
+    for name in ("classes", "scale"):
+        table = getattr(report, name)
+        if table is not None and len(table):
+            written += _write_table(table, out / name, meta)
     mpath = out / "matched.csv"
     _matched_frame(report.matched).to_csv(mpath, index=False)
     written.append(mpath)
@@ -188,6 +229,16 @@ def _systematics_lines(text: str | None) -> list[str]:
     return lines
 
 
+def _class_scale_lines(report: ValidationReport) -> list[str]:
+    """The markdown sections of the class and scale tables (none where they are empty)."""
+    lines: list[str] = []
+    if report.classes is not None and len(report.classes):
+        lines += ["## By stellar class", "", CLASS_NOTE, "", _md_table(*_class_rows(report.classes)), ""]
+    if report.scale is not None and len(report.scale):
+        lines += ["## Scale offset and scatter", "", SCALE_NOTE, "", _md_table(*_scale_rows(report.scale)), ""]
+    return lines
+
+
 def report_markdown(report: ValidationReport, fig_paths: Mapping[str, Sequence[Path]] | None = None,
                     out_dir: Path | None = None) -> str:
     """The markdown summary: settings, the statistics and calibration tables, figure links."""
@@ -222,8 +273,11 @@ def report_markdown(report: ValidationReport, fig_paths: Mapping[str, Sequence[P
         "",
         _md_table(*_calib_rows(report.calibration)),
         "",
+        *_class_scale_lines(report),
         "Tables: [stats.csv](stats.csv), [stats.ecsv](stats.ecsv), [calibration.csv](calibration.csv), "
-        "[calibration.ecsv](calibration.ecsv), [matched.csv](matched.csv)",
+        "[calibration.ecsv](calibration.ecsv), [matched.csv](matched.csv)"
+        + "".join(f", [{n}.csv]({n}.csv)" for n in ("classes", "scale")
+                  if getattr(report, n) is not None and len(getattr(report, n))),
     ]
     if fig_paths:
         lines += ["", "## Figures", ""]
