@@ -79,11 +79,6 @@ def fit_against(cube_path: Path, model, sampler: str, seed: int) -> dict:
     return {"stats": out, "results": res, "ref": ref, "snr": snr}
 
 
-CLASSES = {"all": lambda g, t: np.ones_like(g, bool), "dwarfs (log g >= 4)": lambda g, t: g >= 4.0,
-           "K/G dwarfs (log g >= 4, Teff < 5700 K)": lambda g, t: (g >= 4.0) & (t < 5700),
-           "giants (log g < 3.5)": lambda g, t: g < 3.5}
-
-
 def scale_transfer(miles: dict, lamost: dict, lamost_miles_model: dict) -> dict:
     """Is the [Fe/H] (etc.) offset of the MILES model against LASP ours or a scale difference?
 
@@ -93,19 +88,21 @@ def scale_transfer(miles: dict, lamost: dict, lamost_miles_model: dict) -> dict:
     difference MILES literature - LASP on such stars (the synthetic model is the common ruler).
     The MILES model's own offset against LASP minus that scale difference is what the MILES model
     adds on survey spectra. Also: LAMOST labels of the synthetic model with its MILES offsets removed.
-    ``by_class``: the same per stellar class (:data:`CLASSES`, by the reference log g and Teff)."""
+    ``by_class``: the same per stellar class of the reference labels (:func:`gsn_dask.validate.stellar_classes`,
+    the classes of ``gsn-dask validate``'s class table)."""
+    from gsn_dask.validate import stellar_classes
+
     sel_l = (lamost["snr"] > 30) & (lamost["ref"]["teff"] >= 4000) & (lamost["ref"]["teff"] <= 7000)
     box = {k: (np.nanmin(v[sel_l]), np.nanmax(v[sel_l])) for k, v in lamost["ref"].items()}
     sel_m = np.all([(miles["ref"][k] >= lo) & (miles["ref"][k] <= hi) for k, (lo, hi) in box.items()], axis=0)
-    out = {"box": box, "n_lamost": int(sel_l.sum()), "n_miles": int(sel_m.sum()), "labels": {}, "by_class": {}}
-    for cname, cls in CLASSES.items():
-        cl = sel_l & cls(lamost["ref"]["logg"], lamost["ref"]["teff"])
-        cm = sel_m & cls(miles["ref"]["logg"], miles["ref"]["teff"])
-        rec = {"n_lamost": int(cl.sum()), "n_miles": int(cm.sum()), "labels": _transfer(miles, lamost, lamost_miles_model, cl, cm, box)}
-        if cname == "all":
-            out["labels"] = rec["labels"]
-        else:
-            out["by_class"][cname] = rec
+    out = {"box": box, "n_lamost": int(sel_l.sum()), "n_miles": int(sel_m.sum()),
+           "labels": _transfer(miles, lamost, lamost_miles_model, sel_l, sel_m, box), "by_class": {}}
+    cls_l = stellar_classes(lamost["ref"]["teff"], lamost["ref"]["logg"])
+    cls_m = stellar_classes(miles["ref"]["teff"], miles["ref"]["logg"])
+    for cname in cls_l:
+        cl, cm = sel_l & cls_l[cname], sel_m & cls_m[cname]
+        out["by_class"][cname] = {"n_lamost": int(cl.sum()), "n_miles": int(cm.sum()),
+                                  "labels": _transfer(miles, lamost, lamost_miles_model, cl, cm, box)}
     return out
 
 
