@@ -238,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--store", type=Path, default=None, help="grid synth store with spectra not yet shipped")
     ap.add_argument("--work", type=Path, required=True, help="folder for the cube and the model")
     ap.add_argument("--miles-model", type=Path, default=DEFAULT_MODEL_DIR)
+    ap.add_argument("--model", type=Path, default=None,
+                    help="a synthetic GSN already trained on this cube (e.g. WORK/model of an earlier run): skip training")
     ap.add_argument("--sampler", default="emcee")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="training recipe override (JSON)")
@@ -251,17 +253,21 @@ def main(argv: list[str] | None = None) -> int:
     cube, n_spec = build_cube(args.store, args.work / "synth.zarr")
     overrides = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.set)}
     t0 = time.perf_counter()
-    model, rep = train_and_calibrate(cube, progress=False, **overrides)
+    if args.model is not None:
+        model = gd.load_model(args.model)
+    else:
+        model, _ = train_and_calibrate(cube, progress=False, **overrides)
+        model.save(args.work / "model")
     train_s = time.perf_counter() - t0
-    model.save(args.work / "model")
     cv = {k: v for k, v in model.meta.get("cv", {}).items() if k != "folds"}
-    print(f"trained on {n_spec} synthetic spectra in {train_s:.0f} s; CV: {cv}")
+    print(f"{'loaded' if args.model else 'trained'} on {n_spec} synthetic spectra in {train_s:.0f} s; CV: {cv}")
     miles_model = gd.load_model(args.miles_model)
     fits = {"MILES (literature)": fit_against(args.miles_cube, model, args.sampler, args.seed),
             "LAMOST (LASP)": fit_against(args.lamost_cube, model, args.sampler, args.seed)}
     lamost_miles = fit_against(args.lamost_cube, miles_model, args.sampler, args.seed)
     out = {
-        "n_synthetic_spectra": n_spec, "train_wall_s": train_s, "recipe_overrides": overrides,
+        "n_synthetic_spectra": n_spec, "train_wall_s": None if args.model else train_s, "recipe_overrides": overrides,
+        "model": str(args.model or args.work / "model"), "model_id": model.model_id,
         "emulator_cv": cv, "label_systematics": (model.meta.get("label_systematics") or {}).get("sigma"),
         "sampler": args.sampler, "seed": args.seed,
         "synthetic_model": {k: v["stats"] for k, v in fits.items()},
