@@ -15,6 +15,13 @@ and the plain `gsn-dask fit` with the MILES model (no survey error) beside it. S
 ``benchmarks/results/readme_path.json``:
 
     python benchmarks/readme_path.py --work /tmp/readme_path --lamost ../shared/data/lamost
+
+``--model DIR`` starts from a trained model instead of the first two steps (e.g. the hybrid GSN that
+``benchmarks/synth_model.py --hybrid`` writes), ``--cube`` from an ingested LAMOST cube instead of the
+ingest step; the rest is the same:
+
+    python benchmarks/readme_path.py --work /tmp/hybrid_path --lamost ../shared/data/lamost \
+        --model synth_model/hybrid_model --cube lamost.zarr --save benchmarks/results/hybrid_path.json
 """
 from __future__ import annotations
 
@@ -61,6 +68,8 @@ def lasp_comparison(results: Path, cube: Path) -> dict:
                       ("all", ref_ok)):
         row = {}
         for j, lab in enumerate(res["label"].values):
+            if f"label_{lab}" not in sub:  # e.g. alpha_fe: LASP has none
+                continue
             med, lo, hi = (np.asarray(res[v].values, float)[sel, j] for v in ("median", "p16", "p84"))
             row[str(lab)] = label_stats(med, np.asarray(sub[f"label_{lab}"].values, float)[sel], lo, hi)
         out[name] = row
@@ -72,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, required=True, help="empty work folder")
     ap.add_argument("--lamost", type=Path, required=True, help="folder of LAMOST files with dr1_labels_lasp.csv")
     ap.add_argument("--workers", type=int, default=None, help="Dask workers of the fits (default: one per core)")
+    ap.add_argument("--model", type=Path, default=None, help="a trained model: skip `grid miles` and `train`")
+    ap.add_argument("--cube", type=Path, default=None, help="an ingested LAMOST cube: skip `ingest`")
     ap.add_argument("--save", type=Path, default=OUT)
     args = ap.parse_args(argv)
     w = args.work.resolve()
@@ -80,27 +91,30 @@ def main(argv: list[str] | None = None) -> int:
     gsn = [sys.executable, "-m", "gsn_dask"]
     workers = [] if args.workers is None else ["--workers", str(args.workers)]
     steps = {}
-    steps["grid"] = run([*gsn, "grid", "miles", "--out", str(w / "miles_train.zarr")], log)
-    steps["train"] = run([*gsn, "train", str(w / "miles_train.zarr"), "--out", str(w / "miles_model")], log)
-    steps["ingest"] = run([*gsn, "ingest", str(args.lamost), "--recursive", "--labels",
-                           str(args.lamost / "dr1_labels_lasp.csv"), "--out", str(w / "lamost.zarr")], log)
-    steps["fit_quick_map"] = run([*gsn, "fit", str(w / "lamost.zarr"), "--model", str(w / "miles_model"), "--out",
+    model, cube = (args.model or w / "miles_model").resolve(), (args.cube or w / "lamost.zarr").resolve()
+    if args.model is None:
+        steps["grid"] = run([*gsn, "grid", "miles", "--out", str(w / "miles_train.zarr")], log)
+        steps["train"] = run([*gsn, "train", str(w / "miles_train.zarr"), "--out", str(model)], log)
+    if args.cube is None:
+        steps["ingest"] = run([*gsn, "ingest", str(args.lamost), "--recursive", "--labels",
+                               str(args.lamost / "dr1_labels_lasp.csv"), "--out", str(cube)], log)
+    steps["fit_quick_map"] = run([*gsn, "fit", str(cube), "--model", str(model), "--out",
                                   str(w / "quick.zarr"), "--sampler", "map", "--no-progress", *workers], log)
-    steps["diagnose_write_model"] = run([*gsn, "diagnose", str(w / "quick.zarr"), "--cube", str(w / "lamost.zarr"), "--model",
-                                         str(w / "miles_model"), "--out", str(w / "diag"), "--write-model",
+    steps["diagnose_write_model"] = run([*gsn, "diagnose", str(w / "quick.zarr"), "--cube", str(cube), "--model",
+                                         str(model), "--out", str(w / "diag"), "--write-model",
                                          str(w / "lamost_model")], log)
-    steps["fit"] = run([*gsn, "fit", str(w / "lamost.zarr"), "--model", str(w / "lamost_model"), "--out",
+    steps["fit"] = run([*gsn, "fit", str(cube), "--model", str(w / "lamost_model"), "--out",
                         str(w / "results.zarr"), "--no-progress", *workers], log)
-    steps["validate"] = run([*gsn, "validate", str(w / "results.zarr"), "--cube", str(w / "lamost.zarr"), "--out",
+    steps["validate"] = run([*gsn, "validate", str(w / "results.zarr"), "--cube", str(cube), "--out",
                              str(w / "report")], log)
-    steps["fit_without_survey_error"] = run([*gsn, "fit", str(w / "lamost.zarr"), "--model", str(w / "miles_model"),
+    steps["fit_without_survey_error"] = run([*gsn, "fit", str(cube), "--model", str(model),
                                              "--out", str(w / "results_miles.zarr"), "--no-progress", *workers], log)
-    n = int(gd.open_spectra(w / "lamost.zarr").sizes["star"])
-    out = {"work": str(w), "n_spectra": n, "steps": steps,
+    n = int(gd.open_spectra(cube).sizes["star"])
+    out = {"work": str(w), "model": str(model), "cube": str(cube), "n_spectra": n, "steps": steps,
            "fit_cpu_s_per_star": steps["fit"]["cpu_s"] / n,
            "note": "fit CPU includes the Dask LocalCluster start and the normalisation of every star",
-           "labels_with_survey_error": lasp_comparison(w / "results.zarr", w / "lamost.zarr"),
-           "labels_miles_model": lasp_comparison(w / "results_miles.zarr", w / "lamost.zarr"),
+           "labels_with_survey_error": lasp_comparison(w / "results.zarr", cube),
+           "labels_miles_model": lasp_comparison(w / "results_miles.zarr", cube),
            "survey_error": json.loads((w / "lamost_model" / "model.json").read_text())["survey_error"]}
     for key in ("labels_miles_model", "labels_with_survey_error"):
         for name, row in out[key].items():
