@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, sel in [("all", np.ones_like(snr, bool)), *[(f"S/N {s:g}", snr == s) for s in demo.DEMO_SNR]]:
         row = {}
         for j, lab in enumerate(model.label_names):
+            if f"label_{lab}" not in obs:  # e.g. alpha_fe of a four-label model: MILES has none
+                continue
             med, lo, hi = (np.asarray(res[v].values, float)[sel, j] for v in ("median", "p16", "p84"))
             row[lab] = label_stats(med, np.asarray(obs[f"label_{lab}"].values, float)[sel], lo, hi)
         out["sets"][name] = row
