@@ -214,8 +214,11 @@ def _local_cluster(n_workers: int | None, threads_per_worker: int) -> Any:
     """A client of a new LocalCluster of ``n_workers`` processes (closed on exit)."""
     from distributed import Client, LocalCluster
 
+    # Worker logs below CRITICAL stay quiet: a failed chunk reaches the run through its future (the
+    # failures table), and after Ctrl-C a worker's last heartbeat to the closing scheduler would
+    # otherwise print a distributed traceback under the "interrupted ... --resume" message.
     cluster = LocalCluster(n_workers=int(n_workers or _default_n_workers()), threads_per_worker=int(threads_per_worker),
-                           processes=True, dashboard_address=":0", silence_logs=logging.ERROR)
+                           processes=True, dashboard_address=":0", silence_logs=logging.CRITICAL)
     client = Client(cluster)
     try:
         yield client
