@@ -42,6 +42,10 @@ class ValidationReport:
         """The statistics as fixed-width text tables."""
         return format_stats(self.stats, self.calibration, classes=self.classes, scale=self.scale)
 
+    def extra_tables(self) -> dict[str, pd.DataFrame]:
+        """The class and scale tables that are there and not empty, by file stem."""
+        return {n: t for n, t in (("classes", self.classes), ("scale", self.scale)) if t is not None and len(t)}
+
     def __str__(self) -> str:  # pragma: no cover - convenience
         return self.table()
 
@@ -185,10 +189,8 @@ def write_report(report: ValidationReport, out_dir: str | Path, *, figures: bool
     written: list[Path] = []
     written += _write_table(report.stats, out / "stats", meta)
     written += _write_table(report.calibration, out / "calibration", meta)
-    for name in ("classes", "scale"):
-        table = getattr(report, name)
-        if table is not None and len(table):
-            written += _write_table(table, out / name, meta)
+    for name, table in report.extra_tables().items():
+        written += _write_table(table, out / name, meta)
     mpath = out / "matched.csv"
     _matched_frame(report.matched).to_csv(mpath, index=False)
     written.append(mpath)
@@ -231,11 +233,12 @@ def _systematics_lines(text: str | None) -> list[str]:
 
 def _class_scale_lines(report: ValidationReport) -> list[str]:
     """The markdown sections of the class and scale tables (none where they are empty)."""
+    tables = report.extra_tables()
     lines: list[str] = []
-    if report.classes is not None and len(report.classes):
-        lines += ["## By stellar class", "", CLASS_NOTE, "", _md_table(*_class_rows(report.classes)), ""]
-    if report.scale is not None and len(report.scale):
-        lines += ["## Scale offset and scatter", "", SCALE_NOTE, "", _md_table(*_scale_rows(report.scale)), ""]
+    if "classes" in tables:
+        lines += ["## By stellar class", "", CLASS_NOTE, "", _md_table(*_class_rows(tables["classes"])), ""]
+    if "scale" in tables:
+        lines += ["## Scale offset and scatter", "", SCALE_NOTE, "", _md_table(*_scale_rows(tables["scale"])), ""]
     return lines
 
 
@@ -276,8 +279,7 @@ def report_markdown(report: ValidationReport, fig_paths: Mapping[str, Sequence[P
         *_class_scale_lines(report),
         "Tables: [stats.csv](stats.csv), [stats.ecsv](stats.ecsv), [calibration.csv](calibration.csv), "
         "[calibration.ecsv](calibration.ecsv), [matched.csv](matched.csv)"
-        + "".join(f", [{n}.csv]({n}.csv)" for n in ("classes", "scale")
-                  if getattr(report, n) is not None and len(getattr(report, n))),
+        + "".join(f", [{n}.csv]({n}.csv)" for n in report.extra_tables()),
     ]
     if fig_paths:
         lines += ["", "## Figures", ""]

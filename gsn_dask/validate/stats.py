@@ -151,8 +151,6 @@ def compute_stats(
     return stats, pd.DataFrame(calib)
 
 
-
-
 # ------------------------------------------------------------------------- classes and scales
 #: Stellar classes by the *reference* Teff (K) and log g (dex): (name, Teff range, log g range).
 #: Catalogues part most by class (e.g. LASP against a MILES-trained model: A stars and K dwarfs).
@@ -171,6 +169,14 @@ def stellar_classes(teff: np.ndarray, logg: np.ndarray) -> dict[str, np.ndarray]
             for name, (t0, t1), (g0, g1) in STELLAR_CLASSES}
 
 
+def _snr_sets(matched: xr.Dataset, min_snr: float | None) -> list[tuple[str, np.ndarray]]:
+    """The ``selected`` stars (``all``), and those with S/N >= ``min_snr`` unless it is None."""
+    sel = np.asarray(matched["selected"].values, bool)
+    if min_snr is None:
+        return [(ALL_BIN, sel)]
+    return [(ALL_BIN, sel), (f"S/N >= {min_snr:g}", sel & (np.asarray(matched["snr"].values, np.float64) >= min_snr))]
+
+
 def class_stats(matched: xr.Dataset, *, min_snr: float | None = 30.0) -> pd.DataFrame:
     """Bias, MAD std and coverage per label and stellar class (by the reference labels) of the
     ``selected`` stars, for all of them (``snr_set`` ``all``) and for S/N >= ``min_snr``. Empty when
@@ -179,22 +185,18 @@ def class_stats(matched: xr.Dataset, *, min_snr: float | None = 30.0) -> pd.Data
     if not {"teff", "logg"} <= set(labels):
         return pd.DataFrame(columns=["snr_set", "stellar_class", "label", "unit", "n", "bias", "mad_std", "frac_in_68"])
     ref = np.asarray(matched["ref"].values, np.float64)
-    sel = np.asarray(matched["selected"].values, bool)
-    snr = np.asarray(matched["snr"].values, np.float64)
-    sets = [(ALL_BIN, sel)] + ([(f"S/N >= {min_snr:g}", sel & (snr >= min_snr))] if min_snr is not None else [])
     classes = stellar_classes(ref[:, labels.index("teff")], ref[:, labels.index("logg")])
     rows = []
-    for set_name, m_set in sets:
+    for set_name, m_set in _snr_sets(matched, min_snr):
         for cname, m_cls in classes.items():
             m = m_set & m_cls
             for j, lab in enumerate(labels):
-                st = _label_stats(np.asarray(matched["diff"].values[m, j], np.float64), np.nan)
-                p16, p84 = (np.asarray(matched[q].values[m, j], np.float64) for q in ("p16", "p84"))
-                ok = np.isfinite(ref[m, j]) & np.isfinite(p16) & np.isfinite(p84)
-                inside = (ref[m, j][ok] >= p16[ok]) & (ref[m, j][ok] <= p84[ok])
+                diff, p16, p84, z, z_tot = (np.asarray(matched[v].values[m, j], np.float64)
+                                            for v in ("diff", "p16", "p84", "z", "z_tot"))
+                st = _label_stats(diff, np.nan)
+                cs = _calib_stats(diff, ref[m, j], p16, p84, z, z_tot)
                 rows.append({"snr_set": set_name, "stellar_class": cname, "label": lab, "unit": label_unit(lab),
-                             "n": st["n"], "bias": st["bias"], "mad_std": st["mad_std"],
-                             "frac_in_68": float(inside.mean()) if ok.any() else np.nan})
+                             "n": st["n"], "bias": st["bias"], "mad_std": st["mad_std"], "frac_in_68": cs["frac_in_68"]})
     return pd.DataFrame(rows)
 
 
@@ -235,11 +237,8 @@ def scale_stats(matched: xr.Dataset, *, min_snr: float | None = 30.0) -> pd.Data
     ours - reference, and the same after :func:`scale_transfer` (ref = intercept + slope x ours):
     what is left when a linear scale difference between the two catalogues is taken out."""
     labels = _str_values(matched["label"].values)
-    sel = np.asarray(matched["selected"].values, bool)
-    snr = np.asarray(matched["snr"].values, np.float64)
-    sets = [(ALL_BIN, sel)] + ([(f"S/N >= {min_snr:g}", sel & (snr >= min_snr))] if min_snr is not None else [])
     rows = []
-    for set_name, m in sets:
+    for set_name, m in _snr_sets(matched, min_snr):
         for j, lab in enumerate(labels):
             ours = np.asarray(matched["ours"].values[m, j], np.float64)
             ref = np.asarray(matched["ref"].values[m, j], np.float64)
