@@ -23,8 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hybrid-cube", type=Path, required=True, help="the hybrid training cube of synth_model.py --hybrid")
     ap.add_argument("--out", type=Path, required=True, help="model dir to write")
     args = ap.parse_args(argv)
-    from gsn_dask.calibration import train_and_calibrate
     from gsn_dask.cube import write_spectra
+    from synth_model import train_with_kiel_prior
 
     full = gd.open_spectra(demo.miles_training_cube(progress=False)).load()
     hold = demo.holdout_mask(full)
@@ -34,10 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(held)} hold-out stars; {int((~keep).sum())} dropped from the hybrid cube, {int(keep.sum())} kept")
     train = args.out.with_name(args.out.name + "_train.zarr")
     write_spectra(cube.isel(star=np.flatnonzero(keep)), train, overwrite=True)
-    model, _ = train_and_calibrate(train, progress=False, label_prior="none")
     tr = full.isel(star=np.flatnonzero(~hold))
-    model = gd.with_label_prior(model, np.asarray(tr["label_teff"].values, float), np.asarray(tr["label_logg"].values, float))
-    model.save(args.out)
+    model = train_with_kiel_prior(train, tr["label_teff"].values, tr["label_logg"].values, args.out, {})
     print(f"saved {args.out} ({model.model_id}); label systematics {model.meta['label_systematics']['sigma']}")
     return 0
 

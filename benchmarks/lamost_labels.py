@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 import gsn_dask as gd
+from gsn_dask.validate import scale_transfer
 from _common import add_fit_run_args, fit_settings, label_stats, save_tagged
 
 OUT = Path(__file__).resolve().parent / "results" / "lamost_labels.json"
@@ -59,14 +60,6 @@ def cv_extra_floor(ours: np.ndarray, ref: np.ndarray, p16: np.ndarray, p84: np.n
     return {"extra_in_sample": solve_sigma_sys(d, 0.5 * (lo + hi)), "extra_half_a": extras[0],
             "extra_half_b": extras[1], "in68_cv": float(inside.mean()),
             "z_rstd_cv": float(1.4826 * np.median(np.abs(z - np.median(z))))}
-
-
-def cv_scale_transfer(ours: np.ndarray, ref: np.ndarray) -> dict[str, float]:
-    """The scale offset separated from the scatter (:func:`gsn_dask.validate.scale_transfer`, what
-    ``gsn-dask validate`` reports): a straight line to LASP fitted on alternate stars, applied to the others."""
-    from gsn_dask.validate import scale_transfer
-
-    return scale_transfer(ours, ref)
 
 
 def clip_outliers(sub, model, settings: dict, k: float, seed: int):  # noqa: ANN001, ANN201 - xarray.Dataset
@@ -117,7 +110,7 @@ def measure(cube_path: Path, model_dir: Path, settings: dict, sampler: str, seed
             args = (res["median"].values[sel, j], sub[f"label_{lab}"].values[sel], res["p16"].values[sel, j],
                     res["p84"].values[sel, j])
             arr = [np.asarray(a, float) for a in args]
-            row[lab] = {**label_stats(*args), "cv_extra_floor": cv_extra_floor(*arr), "cv_scale_transfer": cv_scale_transfer(*arr[:2])}
+            row[lab] = {**label_stats(*args), "cv_extra_floor": cv_extra_floor(*arr), "cv_scale_transfer": scale_transfer(*arr[:2])}
         out["sets"][name] = row
     return out
 

@@ -162,17 +162,25 @@ def hybrid_cube(miles_cube: Path, synth_cube: Path, miles_fit: dict, out: Path) 
     return out, int(ds.sizes["star"])
 
 
-def train_hybrid(miles_cube: Path, synth_cube: Path, miles_fit: dict, work: Path, overrides: dict) -> tuple:
-    """Train the hybrid GSN (:func:`hybrid_cube`) with the default recipe; its Kiel prior from the
-    MILES stars only (the synthetic labels are a design, not a population)."""
+def train_with_kiel_prior(cube: Path, teff: np.ndarray, logg: np.ndarray, out: Path, overrides: dict):  # noqa: ANN201 - a GSN
+    """Train a GSN on ``cube`` with the default recipe (and ``overrides``) and give it the Kiel prior of
+    the observed stars ``teff``, ``logg`` only (a hybrid cube's synthetic labels are a design, not a
+    population); saved to ``out``."""
     from gsn_dask.calibration import train_and_calibrate
 
+    model, _ = train_and_calibrate(cube, progress=False, **{"label_prior": "none", **overrides})
+    model = gd.with_label_prior(model, np.asarray(teff, float), np.asarray(logg, float))
+    model.save(out)
+    return model
+
+
+def train_hybrid(miles_cube: Path, synth_cube: Path, miles_fit: dict, work: Path, overrides: dict) -> tuple:
+    """Train the hybrid GSN (:func:`hybrid_cube`), its Kiel prior from the MILES stars
+    (:func:`train_with_kiel_prior`)."""
     cube, n = hybrid_cube(miles_cube, synth_cube, miles_fit, work / "hybrid.zarr")
     t0 = time.perf_counter()
-    model, _ = train_and_calibrate(cube, progress=False, **{"label_prior": "none", **overrides})
     lab = gd.open_spectra(miles_cube)
-    model = gd.with_label_prior(model, np.asarray(lab["label_teff"].values, float), np.asarray(lab["label_logg"].values, float))
-    model.save(work / "hybrid_model")
+    model = train_with_kiel_prior(cube, lab["label_teff"].values, lab["label_logg"].values, work / "hybrid_model", overrides)
     return model, n, time.perf_counter() - t0
 
 
