@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, default=None, help="a trained model: skip `grid miles` and `train`")
     ap.add_argument("--cube", type=Path, default=None, help="an ingested LAMOST cube: skip `ingest`")
     ap.add_argument("--save", type=Path, default=OUT)
+    ap.add_argument("--no-plain-fit", action="store_true", help="skip the fit without the survey error")
     args = ap.parse_args(argv)
     w = args.work.resolve()
     w.mkdir(parents=True, exist_ok=True)
@@ -107,17 +108,18 @@ def main(argv: list[str] | None = None) -> int:
                         str(w / "results.zarr"), "--no-progress", *workers], log)
     steps["validate"] = run([*gsn, "validate", str(w / "results.zarr"), "--cube", str(cube), "--out",
                              str(w / "report")], log)
-    steps["fit_without_survey_error"] = run([*gsn, "fit", str(cube), "--model", str(model),
-                                             "--out", str(w / "results_miles.zarr"), "--no-progress", *workers], log)
+    if not args.no_plain_fit:
+        steps["fit_without_survey_error"] = run([*gsn, "fit", str(cube), "--model", str(model),
+                                                 "--out", str(w / "results_miles.zarr"), "--no-progress", *workers], log)
     n = int(gd.open_spectra(cube).sizes["star"])
     out = {"work": str(w), "model": str(model), "cube": str(cube), "n_spectra": n, "steps": steps,
            "fit_cpu_s_per_star": steps["fit"]["cpu_s"] / n,
            "note": "fit CPU includes the Dask LocalCluster start and the normalisation of every star",
            "labels_with_survey_error": lasp_comparison(w / "results.zarr", cube),
-           "labels_miles_model": lasp_comparison(w / "results_miles.zarr", cube),
+           "labels_miles_model": None if args.no_plain_fit else lasp_comparison(w / "results_miles.zarr", cube),
            "survey_error": json.loads((w / "lamost_model" / "model.json").read_text())["survey_error"]}
     for key in ("labels_miles_model", "labels_with_survey_error"):
-        for name, row in out[key].items():
+        for name, row in (out[key] or {}).items():
             print(f"{key} {name}: " + " | ".join(f"{lab} {s['bias']:+.3g} / {s['mad_std']:.3g} / in68 {100 * s['in68']:.0f}%"
                                                 for lab, s in row.items()))
     print(f"fit: {out['fit_cpu_s_per_star']:.3f} CPU s per spectrum ({n} spectra)")

@@ -130,57 +130,33 @@ def _transfer(miles: dict, lamost: dict, lamost_miles_model: dict, sel_l: np.nda
 
 
 def hybrid_cube(miles_cube: Path, synth_cube: Path, miles_fit: dict, out: Path) -> tuple[Path, int]:
-    """The hybrid training cube: every MILES star (literature Teff, log g, [Fe/H]) and every synthetic
-    spectrum, on their common pixels. A MILES star's [alpha/Fe] is the synthetic GSN's fit of it where
-    its literature Teff is inside the grid's 4000-7000 K and the fit is ok, else the schematic Galactic
-    pattern at its literature [Fe/H] (:data:`gsn_dask.plots.GALACTIC_ALPHA_PATTERN`)."""
-    from gsn_dask.cube import make_spectra, write_spectra
-    from gsn_dask.plots import GALACTIC_ALPHA_PATTERN
+    """The hybrid training cube (:func:`gsn_dask.grid.hybrid.hybrid_cube`: every MILES star and every
+    synthetic spectrum on their common pixels), a MILES star's [alpha/Fe] being the synthetic GSN's fit
+    of it where its literature Teff is inside the grid's 4000-7000 K and the fit is ok (elsewhere the
+    package's default, the Galactic pattern at its [Fe/H])."""
+    from gsn_dask.cube import write_spectra
+    from gsn_dask.grid.hybrid import hybrid_cube as join
 
-    m, s = gd.open_spectra(miles_cube).load(), gd.open_spectra(synth_cube).load()
-    wm, ws = m["wavelength"].values, s["wavelength"].values
-    j = np.searchsorted(wm, ws[0] * (1 - 1e-9))
-    n = min(wm.size - j, ws.size)  # the common pixels of the one log-lambda grid
-    if n < 0.9 * ws.size or not np.allclose(wm[j:j + n], ws[:n], rtol=1e-9, atol=0.0):
-        raise ValueError("the MILES and synthetic cubes are not on the same wavelength grid")
-    m, s = m.isel(wavelength=slice(j, j + n)), s.isel(wavelength=slice(0, n))
     res = miles_fit["results"]
     stars = [str(x) for x in res["star"].values]
-    m = m.sel(star=stars)
-    teff, feh = miles_fit["ref"]["teff"], miles_fit["ref"]["feh"]
+    m = gd.open_spectra(miles_cube).sel(star=stars).load()
+    teff = miles_fit["ref"]["teff"]
     use_fit = np.array([str(x) == "ok" for x in res["status"].values]) & (teff >= 4000) & (teff <= 7000)
-    alpha = np.where(use_fit, res["median"].sel(label="alpha_fe").values, np.interp(feh, *GALACTIC_ALPHA_PATTERN))
-    labels = {k: np.r_[m[f"label_{k}"].values, s[f"label_{k}"].values] for k in ("teff", "logg", "feh")}
-    labels["alpha_fe"] = np.r_[alpha, s["label_alpha_fe"].values]
-    ds = make_spectra(stars + [str(x) for x in s["star"].values], m["wavelength"].values,
-                      np.vstack([m["flux"].values, s["flux"].values]), np.vstack([m["ivar"].values, s["ivar"].values]),
-                      labels=labels, source=[f"MILES:{x}" for x in stars] + [str(x) for x in s["source"].values],
-                      normalised=True, flux_unit="normalised", resolution=str(s.attrs.get("resolution", "")),
-                      history="synth_model.py hybrid: MILES (alpha_fe from the synthetic GSN or the Galactic pattern) + synthetic grid",
-                      attrs={"source": "MILES+synthetic"})
+    m["label_alpha_fe"] = ("star", np.where(use_fit, res["median"].sel(label="alpha_fe").values, np.nan).astype(np.float32))
+    ds = join(m, gd.open_spectra(synth_cube))
     write_spectra(ds, out, overwrite=True)
     return out, int(ds.sizes["star"])
 
 
-def train_with_kiel_prior(cube: Path, teff: np.ndarray, logg: np.ndarray, out: Path, overrides: dict):  # noqa: ANN201 - a GSN
-    """Train a GSN on ``cube`` with the default recipe (and ``overrides``) and give it the Kiel prior of
-    the observed stars ``teff``, ``logg`` only (a hybrid cube's synthetic labels are a design, not a
-    population); saved to ``out``."""
+def train_hybrid(miles_cube: Path, synth_cube: Path, miles_fit: dict, work: Path, overrides: dict) -> tuple:
+    """Train the hybrid GSN (:func:`hybrid_cube`) as ``gsn-dask train`` does (its emulator error, label
+    systematics and Kiel prior from the MILES stars)."""
     from gsn_dask.calibration import train_and_calibrate
 
-    model, _ = train_and_calibrate(cube, progress=False, **{"label_prior": "none", **overrides})
-    model = gd.with_label_prior(model, np.asarray(teff, float), np.asarray(logg, float))
-    model.save(out)
-    return model
-
-
-def train_hybrid(miles_cube: Path, synth_cube: Path, miles_fit: dict, work: Path, overrides: dict) -> tuple:
-    """Train the hybrid GSN (:func:`hybrid_cube`), its Kiel prior from the MILES stars
-    (:func:`train_with_kiel_prior`)."""
     cube, n = hybrid_cube(miles_cube, synth_cube, miles_fit, work / "hybrid.zarr")
     t0 = time.perf_counter()
-    lab = gd.open_spectra(miles_cube)
-    model = train_with_kiel_prior(cube, lab["label_teff"].values, lab["label_logg"].values, work / "hybrid_model", overrides)
+    model, _ = train_and_calibrate(cube, progress=False, **overrides)
+    model.save(work / "hybrid_model")
     return model, n, time.perf_counter() - t0
 
 
@@ -221,7 +197,7 @@ def alpha_figure(fits: dict[str, dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from gsn_dask.plots import GALACTIC_ALPHA_PATTERN
+    from gsn_dask.labels import GALACTIC_ALPHA_PATTERN
 
     fig, axes = plt.subplots(1, len(fits), figsize=(5 * len(fits), 4), sharey=True, layout="constrained")
     for ax, (name, fit) in zip(np.atleast_1d(axes), fits.items()):

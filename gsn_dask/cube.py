@@ -281,6 +281,20 @@ def _chunk_for_append(n_existing: int, n_new: int, chunk_size: int) -> tuple[int
     return tuple(chunks)
 
 
+#: ``source`` prefixes of synthetic training spectra (the Turbospectrum grid, :mod:`gsn_dask.grid.synth`).
+SYNTHETIC_SOURCE_PREFIXES = ("turbospectrum:",)
+
+
+def synthetic_rows(sources: Sequence[str] | np.ndarray) -> np.ndarray:
+    """Per star: whether its ``source`` names a synthetic spectrum (a Turbospectrum grid entry,
+    prefix in :data:`SYNTHETIC_SOURCE_PREFIXES`, or a PHOENIX file) rather than an observed one."""
+    out = []
+    for s in (str(x) for x in np.asarray(sources).ravel()):
+        name = s.replace("\\", "/").rsplit("/", 1)[-1]
+        out.append(s.startswith(SYNTHETIC_SOURCE_PREFIXES) or "PHOENIX" in name.upper())
+    return np.asarray(out, dtype=bool)
+
+
 def write_spectra(
     ds: xr.Dataset,
     path: str | Path,

@@ -51,6 +51,7 @@ def prepare_training_data(
     name any label of the cube (a star selection), also one that is not emulated.
     """
     from .cube import label_names as cube_label_names
+    from .cube import synthetic_rows
     from .grid.prepare import continuum_normalise, telluric_mask
 
     names_all = cube_label_names(train_ds)
@@ -101,6 +102,7 @@ def prepare_training_data(
     cut = _trim_range((ivar > 0).mean(axis=0), min_pixel_coverage)
     flux, ivar, wave = flux[:, cut], ivar[:, cut], wave[cut]
     stars = np.asarray(sub["star"].values)[has]
+    synthetic = synthetic_rows(sub["source"].values)[has] if "source" in sub else np.zeros(stars.size, bool)
     return {
         "labels": labels,
         "label_values": lab,
@@ -108,6 +110,7 @@ def prepare_training_data(
         "ivar": np.ascontiguousarray(ivar),
         "wavelength": wave,
         "star": np.array([str(s) for s in stars]),
+        "synthetic": synthetic,
         "attrs": attrs,
         "n_star_cube": int(train_ds.sizes["star"]),
     }

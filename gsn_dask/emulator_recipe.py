@@ -44,12 +44,16 @@ class TrainRecipe:
     ``weight_floor`` (normalised flux) is added in quadrature to the noise in the loss weights.
     Data: ``labels`` (None: those of the cube), ``label_ranges`` (label -> (lo, hi), stars
     outside are not used; Teff in K), ``wavelength_range`` (vacuum Angstrom, None: all),
-    ``mask_telluric``. ``ensemble`` networks are averaged into one GSN. ``label_systematics``:
+    ``mask_telluric``. ``synthetic_weight``: the loss weight of a synthetic spectrum (``source``
+    a Turbospectrum grid entry or a PHOENIX file) relative to an observed one in a cube that mixes
+    both; in such a cube the emulator error, the label systematics and the Kiel prior come from the
+    observed stars only. ``ensemble`` networks are averaged into one GSN. ``label_systematics``:
     run the calibration step after training. ``label_prior``: ``kiel`` stores the Kiel-diagram
     prior of the training labels in the model (:mod:`gsn_dask.label_prior`; models with Teff and
     log g), ``none`` does not, ``auto`` does for a library of observed stars (cube attrs
     ``source`` in :data:`OBSERVED_SOURCES`: where its stars lie is where stars are) and not for a
-    synthetic grid (whose labels are a design, not a population). ``seed`` fixes folds, initialisation and batches.
+    synthetic grid (whose labels are a design, not a population); a mixed cube (``MILES+synthetic``)
+    counts as observed. ``seed`` fixes folds, initialisation and batches.
     """
 
     labels: tuple[str, ...] | None = None
@@ -66,6 +70,7 @@ class TrainRecipe:
     folds: int = 3
     val_fraction: float = 0.1
     weight_floor: float = 0.01
+    synthetic_weight: float = 1.0
     seed: int = 0
     wavelength_range: tuple[float, float] | None = None
     label_ranges: Mapping[str, tuple[float, float]] | None = field(default_factory=_teff_range)
@@ -101,6 +106,8 @@ class TrainRecipe:
                 bad.append(f"{name} = {getattr(self, name)!r} (must be >= 1)")
         if not (0.0 < self.val_fraction < 1.0) or not (0.0 <= self.dropout < 1.0) or self.lr <= 0:
             bad.append(f"val_fraction {self.val_fraction}, dropout {self.dropout}, lr {self.lr}")
+        if not (0.0 < self.synthetic_weight < float("inf")):
+            bad.append(f"synthetic_weight {self.synthetic_weight} (must be > 0)")
         if self.label_prior not in LABEL_PRIOR_MODES:
             bad.append(f"label_prior {self.label_prior!r} (use one of {LABEL_PRIOR_MODES})")
         if self.final not in FINAL_MODES:
@@ -121,7 +128,7 @@ class TrainRecipe:
     def kiel_prior_for(self, cube_attrs: Mapping[str, Any]) -> bool:
         """Whether a model trained on a cube with ``cube_attrs`` gets the Kiel prior."""
         if self.label_prior == "auto":
-            return str(cube_attrs.get("source", "")) in OBSERVED_SOURCES
+            return any(part in OBSERVED_SOURCES for part in str(cube_attrs.get("source", "")).split("+"))
         return self.label_prior == "kiel"
 
     def replace(self, **changes: Any) -> TrainRecipe:

@@ -576,7 +576,8 @@ def train_gsn(
         hidden_layers=[(np.zeros((lab.shape[1], 1)), np.zeros(1))], W_out=np.zeros((1, n_pix)), b_out=np.zeros(n_pix),
         activation=recipe.activation, **template,
     )
-    arrays = (scaler.scale(lab), flux, pixel_weights(ivar, recipe.weight_floor))
+    observed = _observed_rows(data["synthetic"])
+    arrays = (scaler.scale(lab), flux, _loss_weights(ivar, data["synthetic"], recipe))
     dev = resolve_device(device)
     run = {"template": template, "recipe": recipe, "device": dev, "progress": progress}
     with _deterministic(recipe.seed, threads):
@@ -584,7 +585,7 @@ def train_gsn(
         oof, fold_info, fold_models = _cross_validate(arrays, lab, fold, k_list, t0=t0, **run)
         val_mask = np.isfinite(oof[:, 0])
         resid = np.where(val_mask[:, None], oof - flux, np.nan)
-        emu_err = robust_emulator_error(resid[val_mask], ivar[val_mask])
+        emu_err = robust_emulator_error(resid[val_mask & observed], ivar[val_mask & observed])
         t_cv = time.perf_counter() - t0
         n_final = int(max(1, np.median([e for f in fold_info for e in f["member_best_epochs"]])))
         final_gsn = fold_models[0]
@@ -605,11 +606,12 @@ def train_gsn(
     )
     model_index = np.full(lab.shape[0], -1, np.int64)
     for j, k in enumerate(k_list):
-        model_index[fold == k] = j
+        model_index[(fold == k) & observed] = j  # the calibration fits observed stars only
     if kiel:
         it, ig = (model.label_names.index(n) for n in KIEL_LABELS)  # each fold model: its own training stars
-        model = with_label_prior(model, lab[:, it], lab[:, ig])
-        fold_models = [with_label_prior(m, lab[fold != k, it], lab[fold != k, ig]) for m, k in zip(fold_models, k_list)]
+        model = with_label_prior(model, lab[observed, it], lab[observed, ig])
+        fold_models = [with_label_prior(m, lab[(fold != k) & observed, it], lab[(fold != k) & observed, ig])
+                       for m, k in zip(fold_models, k_list)]
     cv_folds = CVFolds([_with_error(m, emu_err) for m in fold_models], model_index, flux, ivar, lab, recipe.seed)
     report = {
         "config": cfg, "recipe": recipe, "n_star": int(lab.shape[0]), "n_pix": int(n_pix), "train_time_s": t_total,
@@ -623,6 +625,24 @@ def train_gsn(
                     f"in {t_total:.1f} s: CV median |resid| {metrics['cv_resid_per_pixel_median']:.4g}, "
                     f"emulator error median {metrics['emulator_error_median']:.4g}")
     return model, report
+
+
+def _observed_rows(synthetic: np.ndarray) -> np.ndarray:
+    """The stars that set the emulator error, the label systematics and the Kiel prior: the
+    observed ones of a cube mixing observed and synthetic spectra, else every star."""
+    synthetic = np.asarray(synthetic, bool)
+    return ~synthetic if 0 < synthetic.sum() < synthetic.size else np.ones(synthetic.size, bool)
+
+
+def _loss_weights(ivar: np.ndarray, synthetic: np.ndarray, recipe: TrainRecipe) -> np.ndarray:
+    """Per-pixel loss weights (:func:`pixel_weights`), the synthetic stars' scaled by
+    ``recipe.synthetic_weight`` (then back to mean 1 over good pixels)."""
+    w = pixel_weights(ivar, recipe.weight_floor)
+    synthetic = np.asarray(synthetic, bool)
+    if recipe.synthetic_weight == 1.0 or not synthetic.any():
+        return w
+    w[synthetic] *= np.float32(recipe.synthetic_weight)
+    return (w / w[ivar > 0].mean()).astype(np.float32)
 
 
 def _config_record(data: dict[str, Any], recipe: TrainRecipe, device: torch.device, threads: int | None) -> dict:
@@ -654,6 +674,7 @@ def _training_meta(
             "cube_path": cube_path,
             "n_star_cube": data["n_star_cube"],
             "n_star": int(data["label_values"].shape[0]),
+            "n_synthetic": int(np.sum(data["synthetic"])),
             "labels_sha256": hashlib.sha256(np.ascontiguousarray(data["label_values"], "<f8").tobytes()).hexdigest(),
             "cube_source": attrs.get("source"),
             "cube_version": attrs.get("version") or attrs.get("source_version"),

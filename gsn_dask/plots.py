@@ -23,7 +23,7 @@ import pandas as pd
 import xarray as xr
 from matplotlib.figure import Figure
 
-from .labels import label_unit
+from .labels import GALACTIC_ALPHA_PATTERN, label_unit
 
 #: Above this many stars the one-to-one panels use hexbin instead of a density-coloured scatter.
 MAX_SCATTER = 5000
@@ -203,10 +203,6 @@ def _alpha_columns(m: xr.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray] |
     if "alpha_fe" in m:
         return tuple(np.asarray(m[v].values, np.float64) for v in ("alpha_fe", "alpha_fe_p16", "alpha_fe_p84"))
     return None
-
-
-#: the Galactic [alpha/Fe]-[Fe/H] pattern, schematic, for orientation: (feh, alpha_fe) vertices, dex
-GALACTIC_ALPHA_PATTERN = ((-3.0, -1.0, 0.0, 0.6), (0.3, 0.3, 0.0, 0.0))
 
 
 def plot_alpha_plane(matched: xr.Dataset) -> Figure | None:

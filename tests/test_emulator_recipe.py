@@ -30,6 +30,7 @@ def test_cli_defaults_are_the_default_recipe():
     assert r.epochs == 7 and r.label_transforms == {"teff": "identity"} and r.hidden_widths == [256, 256]
     assert r == DEFAULT_RECIPE.replace(label_ranges={"logg": (0, 4)}, epochs=7, label_transforms={"teff": "identity"},
                                        n_hidden_layers=2)
+    assert recipe_from_args(parse("--synthetic-weight", "0.3")) == DEFAULT_RECIPE.replace(synthetic_weight=0.3)
     with pytest.raises(ValueError, match="exclude"):
         recipe_from_args(parse("--all-stars", "--label-range", "teff", "1", "2"))
 
@@ -51,6 +52,7 @@ def test_json_round_trip():
     ({"hidden": 0}, "hidden"),
     ({"val_fraction": 1.5}, "val_fraction"),
     ({"epoch": 3}, "unknown training setting"),
+    ({"synthetic_weight": 0.0}, "synthetic_weight"),
 ])
 def test_bad_recipes_are_refused(change, match):
     with pytest.raises(ValueError, match=match):

@@ -245,3 +245,51 @@ def test_cli_without_label_systematics_and_all_stars(tmp_path, capsys):
     meta = json.loads((tmp_path / "m" / "model.json").read_text())
     assert "label_systematics" not in meta
     assert meta["training"]["recipe"]["label_ranges"] is None and meta["training"]["recipe"]["label_systematics"] is False
+
+
+def test_synthetic_rows_by_source():
+    from gsn_dask.cube import synthetic_rows
+
+    src = ["turbospectrum:fce3dac26e", "MILES:MILES_m0001", "/data/PHOENIX/lte05800-4.50-0.0.PHOENIX-ACES-AGSS-COND-2011-HiRes.fits",
+           "../shared/data/lamost/dr1/spec-55859-F5902_sp01-001.fits.gz", "analytic"]
+    assert synthetic_rows(src).tolist() == [True, False, True, False, False]
+
+
+def _mixed_cube(n_obs: int = 60, n_syn: int = 40):
+    """An analytic cube whose last ``n_syn`` stars are marked synthetic (Turbospectrum sources) and
+    the observed ones carry noise and a MILES-like source."""
+    ds = analytic_cube(n_obs + n_syn, wavelength=WAVE, snr=60, seed=11)
+    src = [f"MILES:s{i}" for i in range(n_obs)] + [f"turbospectrum:{i:04x}" for i in range(n_syn)]
+    ds["source"] = ("star", np.array(src, dtype=object))
+    ds.attrs["source"] = "MILES+synthetic"
+    return ds
+
+
+def test_loss_weights_scale_the_synthetic_stars_only():
+    from gsn_dask.emulator_recipe import DEFAULT_RECIPE
+    from gsn_dask.emulator_torch import _loss_weights
+
+    ivar = np.full((4, 10), 1e4, np.float32)
+    syn = np.array([False, False, True, True])
+    same = _loss_weights(ivar, syn, DEFAULT_RECIPE)
+    np.testing.assert_array_equal(same, pixel_weights(ivar, DEFAULT_RECIPE.weight_floor))  # weight 1: unchanged
+    w = _loss_weights(ivar, syn, DEFAULT_RECIPE.replace(synthetic_weight=0.25))
+    assert np.isclose(w.mean(), 1.0) and np.allclose(w[2:] / w[:2], 0.25)
+
+
+def test_a_mixed_cube_calibrates_and_takes_its_prior_from_the_observed_stars():
+    ds = _mixed_cube()
+    model, rep = train_gsn(ds, hidden=16, epochs=3, folds=3, threads=1, progress=False, synthetic_weight=0.3)
+    from gsn_dask import label_prior as lp
+
+    assert model.meta["training"]["n_synthetic"] == 40 and model.meta["training"]["recipe"]["synthetic_weight"] == 0.3
+    assert model.meta["training"]["config"]["label_prior"] == "kiel"  # MILES+synthetic counts as observed
+    assert lp.for_model(model).record["n_star"] == 60
+    idx = rep["cv_folds"].model_index
+    assert np.all(idx[60:] == -1) and np.all(idx[:60] >= 0)  # the calibration fits observed stars only
+    # the emulator error is that of the observed (noisy) stars' residuals, not of the mix
+    from gsn_dask.emulator_torch import robust_emulator_error
+
+    resid = rep["oof_pred"] - rep["flux"]
+    np.testing.assert_array_equal(model.emulator_error, robust_emulator_error(resid[:60], rep["ivar"][:60]))
+    assert not np.array_equal(model.emulator_error, robust_emulator_error(resid, rep["ivar"]))

@@ -109,6 +109,7 @@ def test_the_recipe_gives_observed_libraries_a_prior_and_synthetic_grids_none():
 
     assert DEFAULT_RECIPE.label_prior == "auto"
     assert DEFAULT_RECIPE.kiel_prior_for({"source": "MILES"})
+    assert DEFAULT_RECIPE.kiel_prior_for({"source": "MILES+synthetic"})  # a hybrid cube: its observed stars
     assert not DEFAULT_RECIPE.kiel_prior_for({"source": "synth"}) and not DEFAULT_RECIPE.kiel_prior_for({})
     assert DEFAULT_RECIPE.replace(label_prior="kiel").kiel_prior_for({"source": "synth"})
     assert not DEFAULT_RECIPE.replace(label_prior="none").kiel_prior_for({"source": "MILES"})

@@ -3,6 +3,7 @@
     gsn-dask grid miles --out train.zarr [--path WHEEL_OR_DIR] [--resolution 1800] ...
     gsn-dask grid phoenix ROOT --out train.zarr [--teff LO HI] [--logg ..] [--feh ..] [--alpha ..]
     gsn-dask grid synth --out train.zarr [--n N] [--workers W] [--resume]   (and grid synth-pack)
+    gsn-dask grid hybrid OBSERVED SYNTHETIC --out train.zarr   (an observed library + synthetic spectra)
 
 Both go through :func:`gsn_dask.grid.build.build_training_cube` (degrade to the LAMOST LSF,
 rebin onto the LAMOST grid, continuum-normalise), run as Dask tasks with a progress bar.
@@ -80,6 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _common(ph)
     ph.set_defaults(func=run_phoenix)
     _register_synth(sub)
+    _register_hybrid(sub)
 
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
@@ -122,6 +124,39 @@ def _register_synth(sub: argparse._SubParsersAction) -> None:
     pk.add_argument("--store", default=None, metavar="DIR", help="per-spectrum store (none given: as for grid synth)")
     pk.add_argument("--dest", default=None, metavar="DIR", help="shipped-grid folder (none given: gsn_dask/data/synth)")
     pk.set_defaults(func=run_synth_pack)
+
+
+def _register_hybrid(sub: argparse._SubParsersAction) -> None:
+    hy = sub.add_parser(
+        "hybrid",
+        help="an observed library cube + a synthetic grid cube -> one training cube",
+        description=(
+            "Join an observed library (gsn-dask grid miles) and synthetic spectra (gsn-dask grid synth) on their "
+            "common pixels into one training cube with labels teff, logg, feh, alpha_fe; an observed star without "
+            "[alpha/Fe] gets the schematic Galactic pattern at its [Fe/H]. `gsn-dask train` on it takes the "
+            "emulator error, label systematics and Kiel prior from the observed stars (--synthetic-weight sets the "
+            "synthetic spectra's share of the loss). See the README for what such a model gains and costs."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    hy.add_argument("observed", metavar="OBSERVED", help="observed library cube (zarr), e.g. of gsn-dask grid miles")
+    hy.add_argument("synthetic", metavar="SYNTHETIC", help="synthetic grid cube (zarr) of gsn-dask grid synth")
+    hy.add_argument("--out", required=True, metavar="CUBE", help="training cube to write (zarr)")
+    hy.add_argument("--overwrite", action="store_true", help="replace an existing cube")
+    hy.set_defaults(func=run_hybrid)
+
+
+def run_hybrid(args: argparse.Namespace) -> int:
+    from ..cube import open_spectra
+    from ..grid.hybrid import write_hybrid_cube
+
+    t0 = time.perf_counter()
+    path = write_hybrid_cube(args.observed, args.synthetic, args.out, overwrite=args.overwrite)
+    ds = open_spectra(path)
+    w = ds["wavelength"].values
+    print(f"wrote {path}: {ds.attrs['n_observed']} observed + {ds.attrs['n_synthetic']} synthetic spectra, "
+          f"{w.size} px {w[0]:.1f}-{w[-1]:.1f} A, {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return 0
 
 
 def _add_phoenix_ranges(p: argparse.ArgumentParser) -> None:

@@ -47,6 +47,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--folds", type=int, default=R.folds, help="K-fold CV (<= 1: one held-out split)")
     p.add_argument("--weight-floor", type=float, default=R.weight_floor,
                    help="noise floor added to 1/ivar in the pixel weights (normalised flux)")
+    p.add_argument("--synthetic-weight", type=float, default=R.synthetic_weight,
+                   help="loss weight of a synthetic spectrum relative to an observed one, in a hybrid cube "
+                        "(`gsn-dask grid hybrid`: observed and synthetic spectra, told apart by their source); "
+                        "such a model's emulator error, label systematics and Kiel prior come from its observed stars")
     p.add_argument("--seed", type=int, default=R.seed)
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -65,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="kiel: store the density of the training stars in (Teff, log g) as the fit's prior (it keeps "
                         "fits off where no star lives, e.g. K dwarfs at log g 5; `gsn-dask fit --set label_prior=none` "
                         "switches it off); none: a uniform prior over the training box; auto: kiel for a library of "
-                        "observed stars (MILES), none for a synthetic grid")
+                        "observed stars (MILES, also a MILES+synthetic hybrid), none for a synthetic grid")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model in MODEL_DIR")
     p.add_argument("--no-figure", action="store_true", help="skip diagnostics.png")
     p.add_argument("--no-progress", action="store_true",
@@ -97,6 +101,7 @@ def recipe_from_args(args: argparse.Namespace) -> TrainRecipe:
         patience=args.patience,
         folds=args.folds,
         weight_floor=args.weight_floor,
+        synthetic_weight=args.synthetic_weight,
         seed=args.seed,
         wavelength_range=tuple(args.wave_range) if args.wave_range else None,
         label_ranges=ranges,

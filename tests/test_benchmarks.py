@@ -1,0 +1,29 @@
+"""Every benchmark script imports and answers --help (a rename in the package must not break them
+silently: they are run by hand, not by the tests)."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+SCRIPTS = sorted(p for p in BENCH.glob("*.py") if not p.name.startswith("_"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=[p.stem for p in SCRIPTS])
+def test_benchmark_script_imports_and_has_help(script, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(BENCH))
+    spec = importlib.util.spec_from_file_location(f"bench_{script.stem}", script)
+    mod = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(mod)
+    except ImportError as exc:  # an optional extra (pyspark, torch) not installed here
+        pytest.skip(f"{script.name}: {exc}")
+    assert callable(getattr(mod, "main", None)), f"{script.name} has no main()"
+    monkeypatch.setattr(sys, "argv", [script.name, "--help"])
+    with pytest.raises(SystemExit) as exit_:
+        mod.main(["--help"]) if mod.main.__code__.co_argcount else mod.main()
+    assert exit_.value.code == 0
+    assert "usage" in capsys.readouterr().out
