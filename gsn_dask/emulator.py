@@ -591,6 +591,45 @@ class GSN:
         )
 
 
+def _drop_label_record(record: Any, name: str) -> Any:
+    """A ``model.json`` record with every per-label entry of ``name`` removed (nested dicts)."""
+    if not isinstance(record, Mapping):
+        return record
+    return {k: _drop_label_record(v, name) for k, v in record.items() if k != name}
+
+
+def fix_label(model: GSN, name: str, value: float) -> GSN:
+    """The GSN with input label ``name`` held at ``value`` (its unit): the label's first-layer
+    weights times its scaled value move into the first layer's bias, so the result is exact and has
+    one label fewer (same cost per evaluation). Per-label ``model.json`` records (label
+    systematics) drop the label; ``meta["fixed_labels"]`` records it. A new model id."""
+    names = list(model.label_names)
+    if name not in names:
+        raise ModelMismatchError(f"model {model.model_id} has no label {name!r} (it has {names})")
+    if len(names) < 2:
+        raise ValueError("cannot fix the only label of a model")
+    j = names.index(name)
+    lo, hi = model.bounds[j]
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} = {value} is outside the model's training range {lo:g}..{hi:g}")
+    row = model.bounds[:, 0].copy()
+    row[j] = value
+    x_j = np.float64(model.scale(row[None, :])[0, j])
+    (W1, b1), rest = model.hidden_layers[0], list(model.hidden_layers[1:])
+    keep = [i for i in range(len(names)) if i != j]
+    b_new = (np.asarray(b1, np.float64) + x_j * np.asarray(W1[j], np.float64)).astype(np.asarray(b1).dtype)
+    meta = {k: _drop_label_record(v, name) if k == "label_systematics" else v
+            for k, v in model.meta.items() if k not in ("weights", "model_id")}
+    meta["fixed_labels"] = {**dict(model.meta.get("fixed_labels") or {}), name: float(value)}
+    return GSN(
+        hidden_layers=[(np.ascontiguousarray(W1[keep]), b_new), *rest], W_out=model.W_out, b_out=model.b_out,
+        activation=model.activation, label_names=[names[i] for i in keep], bounds=model.bounds[keep],
+        wavelength=model.wavelength, emulator_error=model.emulator_error,
+        label_units=[model.label_units[i] for i in keep], label_transforms=[model.label_transforms[i] for i in keep],
+        normalisation=model.normalisation, meta=meta,
+    )
+
+
 def load_model(model_dir: str | Path, *, labels: Sequence[str] | None = None) -> GSN:
     """Load a trained GSN from a model directory (see :meth:`GSN.load`)."""
     return GSN.load(model_dir, labels=labels)
@@ -620,6 +659,7 @@ __all__ = [
     "MODEL_SCHEMA",
     "ModelFileError",
     "ModelMismatchError",
+    "fix_label",
     "SCALE_RANGE",
     "default_normalisation",
     "file_sha256",

@@ -47,7 +47,10 @@ class TrainRecipe:
     ``mask_telluric``. ``synthetic_weight``: the loss weight of a synthetic spectrum (``source``
     a Turbospectrum grid entry or a PHOENIX file) relative to an observed one in a cube that mixes
     both; in such a cube the emulator error, the label systematics and the Kiel prior come from the
-    observed stars only. ``ensemble`` networks are averaged into one GSN. ``label_systematics``:
+    observed stars only; ``source_input`` gives the network an extra input (1 observed, 0 synthetic)
+    and keeps its observed branch: the input is held at 1 in the saved model
+    (:func:`gsn_dask.emulator.fix_label`, exact), which then has the cube's labels and the usual cost,
+    while the synthetic spectra still shape the shared layers. ``ensemble`` networks are averaged into one GSN. ``label_systematics``:
     run the calibration step after training. ``label_prior``: ``kiel`` stores the Kiel-diagram
     prior of the training labels in the model (:mod:`gsn_dask.label_prior`; models with Teff and
     log g), ``none`` does not, ``auto`` does for a library of observed stars (cube attrs
@@ -71,6 +74,7 @@ class TrainRecipe:
     val_fraction: float = 0.1
     weight_floor: float = 0.01
     synthetic_weight: float = 1.0
+    source_input: bool = False
     seed: int = 0
     wavelength_range: tuple[float, float] | None = None
     label_ranges: Mapping[str, tuple[float, float]] | None = field(default_factory=_teff_range)

@@ -38,7 +38,7 @@ import xarray as xr
 from torch import nn
 from torch.nn import functional as F
 
-from .emulator import GSN, default_normalisation
+from .emulator import GSN, default_normalisation, fix_label
 from .emulator_data import (  # the numpy half of training; the figure and the test cube complete the API here
     CVFolds,
     _weighted_mean_spectrum,
@@ -571,18 +571,22 @@ def train_gsn(
     )
     lab, flux, ivar = data["label_values"], data["flux"], data["ivar"]
     template = _template(data, recipe)
+    observed = _observed_rows(data["synthetic"])
+    flagged = recipe.source_input and 0 < int(np.sum(data["synthetic"])) < lab.shape[0]
+    lab_in = np.c_[lab, observed.astype(np.float64)] if flagged else lab  # the network's inputs
+    template_in = _template({**data, "labels": [*data["labels"], SOURCE_LABEL], "label_values": lab_in}, recipe) \
+        if flagged else template
     n_pix = flux.shape[1]
     scaler = GSN(
-        hidden_layers=[(np.zeros((lab.shape[1], 1)), np.zeros(1))], W_out=np.zeros((1, n_pix)), b_out=np.zeros(n_pix),
-        activation=recipe.activation, **template,
+        hidden_layers=[(np.zeros((lab_in.shape[1], 1)), np.zeros(1))], W_out=np.zeros((1, n_pix)), b_out=np.zeros(n_pix),
+        activation=recipe.activation, **template_in,
     )
-    observed = _observed_rows(data["synthetic"])
-    arrays = (scaler.scale(lab), flux, _loss_weights(ivar, data["synthetic"], recipe))
+    arrays = (scaler.scale(lab_in), flux, _loss_weights(ivar, data["synthetic"], recipe))
     dev = resolve_device(device)
-    run = {"template": template, "recipe": recipe, "device": dev, "progress": progress}
+    run = {"template": template_in, "recipe": recipe, "device": dev, "progress": progress}
     with _deterministic(recipe.seed, threads):
         fold, k_list = _assign_folds(lab, recipe)
-        oof, fold_info, fold_models = _cross_validate(arrays, lab, fold, k_list, t0=t0, **run)
+        oof, fold_info, fold_models = _cross_validate(arrays, lab_in, fold, k_list, t0=t0, **run)
         val_mask = np.isfinite(oof[:, 0])
         resid = np.where(val_mask[:, None], oof - flux, np.nan)
         emu_err = robust_emulator_error(resid[val_mask & observed], ivar[val_mask & observed])
@@ -593,6 +597,9 @@ def train_gsn(
             final_gsn, _ = _train_members(arrays, np.ones(lab.shape[0], bool), None, epochs=n_final, patience=0,
                                           seed0=recipe.seed, desc="final", **run)
     t_total = time.perf_counter() - t0
+    if flagged:  # the observed branch: the source input held at "observed", folded into the first layer
+        final_gsn = fix_label(final_gsn, SOURCE_LABEL, 1.0)
+        fold_models = [fix_label(m, SOURCE_LABEL, 1.0) for m in fold_models]
     metrics = cv_metrics(resid[val_mask], ivar[val_mask], emu_err)
     cfg = _config_record(data, recipe, dev, threads)
     kiel = recipe.kiel_prior_for(train_ds.attrs) and set(KIEL_LABELS) <= set(data["labels"])
@@ -600,6 +607,8 @@ def train_gsn(
     meta = _training_meta(data, recipe, cfg, cube_path, metrics, fold_info, n_final, t_total)
     if final_gsn.meta.get("ensemble"):
         meta["ensemble"] = final_gsn.meta["ensemble"]
+    if flagged:
+        meta["fixed_labels"] = {SOURCE_LABEL: 1.0}
     model = GSN(
         hidden_layers=final_gsn.hidden_layers, W_out=final_gsn.W_out, b_out=final_gsn.b_out,
         activation=final_gsn.activation, emulator_error=emu_err, meta=meta, **template,
@@ -625,6 +634,10 @@ def train_gsn(
                     f"in {t_total:.1f} s: CV median |resid| {metrics['cv_resid_per_pixel_median']:.4g}, "
                     f"emulator error median {metrics['emulator_error_median']:.4g}")
     return model, report
+
+
+#: The extra network input of ``source_input`` training: 1 for an observed spectrum, 0 for a synthetic one.
+SOURCE_LABEL = "observed"
 
 
 def _observed_rows(synthetic: np.ndarray) -> np.ndarray:

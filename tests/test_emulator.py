@@ -15,6 +15,7 @@ from gsn_dask.emulator import (
     MODEL_SCHEMA,
     ModelFileError,
     ModelMismatchError,
+    fix_label,
     load_model,
     wavelength_sha256,
 )
@@ -327,3 +328,21 @@ def test_saving_the_same_model_gives_the_same_bytes(tmp_path):
     first = (tmp_path / "m0" / "weights.safetensors").read_bytes()
     assert all((tmp_path / f"m{i}" / "weights.safetensors").read_bytes() == first for i in range(1, 6))
     assert load_model(tmp_path / "m3").sha256 == m.sha256
+
+
+def test_fix_label_is_exact_and_drops_the_label(tmp_path):
+    m = random_model(transforms=("log10", "identity", "identity"))
+    m.meta["label_systematics"] = {"sigma": {"teff": 90.0, "logg": 0.2, "feh": 0.1}, "n_star": 5}
+    lab = some_labels(20)
+    f = fix_label(m, "logg", 4.4)
+    full = np.c_[lab[:, :1], np.full(20, 4.4), lab[:, 2:]]
+    np.testing.assert_allclose(f.predict(lab[:, [0, 2]]), m.predict(full), rtol=0, atol=2e-6)
+    assert f.label_names == ["teff", "feh"] and f.label_transforms == ["log10", "identity"]
+    assert f.meta["fixed_labels"] == {"logg": 4.4} and f.meta["label_systematics"]["sigma"] == {"teff": 90.0, "feh": 0.1}
+    assert f.model_id != m.model_id
+    f.save(tmp_path / "m")
+    assert load_model(tmp_path / "m").meta["fixed_labels"] == {"logg": 4.4}
+    with pytest.raises(ValueError, match="outside"):
+        fix_label(m, "logg", 7.0)
+    with pytest.raises(ModelMismatchError, match="no label"):
+        fix_label(m, "alpha_fe", 0.0)

@@ -293,3 +293,17 @@ def test_a_mixed_cube_calibrates_and_takes_its_prior_from_the_observed_stars():
     resid = rep["oof_pred"] - rep["flux"]
     np.testing.assert_array_equal(model.emulator_error, robust_emulator_error(resid[:60], rep["ivar"][:60]))
     assert not np.array_equal(model.emulator_error, robust_emulator_error(resid, rep["ivar"]))
+
+
+def test_source_input_keeps_the_observed_branch_with_the_cube_labels():
+    from gsn_dask.calibration import calibrate
+
+    model, rep = train_gsn(_mixed_cube(), hidden=16, epochs=3, folds=3, threads=1, progress=False, source_input=True)
+    assert model.label_names == ["teff", "logg", "feh"] and model.meta["fixed_labels"] == {"observed": 1.0}
+    assert model.meta["training"]["recipe"]["source_input"] is True
+    assert model.hidden_layers[0][0].shape[0] == 3  # the input folded away: the usual fit cost
+    assert all(m.label_names == model.label_names for m in rep["cv_folds"].models)
+    rec = calibrate(model, rep["cv_folds"])  # the observed stars, fitted by the observed branch
+    assert set(rec["sigma"]) == {"teff", "logg", "feh"} and rec["n_star"] <= 60
+    plain, _ = train_gsn(_mixed_cube(), hidden=16, epochs=3, folds=3, threads=1, progress=False)
+    assert not np.array_equal(plain.hidden_layers[0][1], model.hidden_layers[0][1])

@@ -135,7 +135,8 @@ def _register_hybrid(sub: argparse._SubParsersAction) -> None:
             "common pixels into one training cube with labels teff, logg, feh, alpha_fe; an observed star without "
             "[alpha/Fe] gets the schematic Galactic pattern at its [Fe/H]. `gsn-dask train` on it takes the "
             "emulator error, label systematics and Kiel prior from the observed stars (--synthetic-weight sets the "
-            "synthetic spectra's share of the loss). See the README for what such a model gains and costs."
+            "synthetic spectra's share of the loss, --source-input keeps an observed branch). See the README for "
+            "what such a model gains and costs."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

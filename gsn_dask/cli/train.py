@@ -51,6 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="loss weight of a synthetic spectrum relative to an observed one, in a hybrid cube "
                         "(`gsn-dask grid hybrid`: observed and synthetic spectra, told apart by their source); "
                         "such a model's emulator error, label systematics and Kiel prior come from its observed stars")
+    p.add_argument("--source-input", action="store_true", default=R.source_input,
+                   help="in a hybrid cube, give the network an observed/synthetic input and keep its observed branch "
+                        "(the input held at 'observed', folded into the first layer: same labels, same fit cost)")
     p.add_argument("--seed", type=int, default=R.seed)
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -102,6 +105,7 @@ def recipe_from_args(args: argparse.Namespace) -> TrainRecipe:
         folds=args.folds,
         weight_floor=args.weight_floor,
         synthetic_weight=args.synthetic_weight,
+        source_input=args.source_input,
         seed=args.seed,
         wavelength_range=tuple(args.wave_range) if args.wave_range else None,
         label_ranges=ranges,
