@@ -40,6 +40,7 @@ _API = {
     "best_fit": "gsn_dask.diagnose",
     "adapt_to_survey": "gsn_dask.survey_error",
     "with_label_prior": "gsn_dask.label_prior",
+    "fix_label": "gsn_dask.emulator",
     "label_systematics": "gsn_dask.api",
     "simulate": "gsn_dask.simulate",
 }
