@@ -1,6 +1,6 @@
 """How much of the README path's LAMOST-vs-LASP numbers is the training seed (issue 15).
 
-The same MILES training cube, ``gsn-dask train --seed N`` for each ``--seeds``, then the README
+The same training cube (the MILES cube of the README path, or a hybrid cube), ``gsn-dask train --seed N`` for each ``--seeds``, then the README
 path's fit steps with each model (``readme_path.py --model``: quick map look, ``diagnose
 --write-model``, emcee fit, validate) on the same LAMOST cube. Prints and saves, per seed, bias /
 1.4826 MAD / LASP inside [p16, p84] for LASP S/N_g > 30 and all strict matches, and per label the
@@ -32,8 +32,8 @@ def one_seed(seed: int, a: argparse.Namespace) -> dict:
     model, save = w / "miles_model", w / "readme_path.json"
     if not (model / "model.json").exists():
         w.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "gsn_dask", "train", str(a.miles_cube), "--out", str(model),
-                        "--seed", str(seed), "--no-progress", "--no-figure"], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([sys.executable, "-m", "gsn_dask", "train", str(a.train_cube), "--out", str(model),
+                        "--seed", str(seed), "--no-progress", "--no-figure", *a.train_args], check=True, stdout=subprocess.DEVNULL)
     if not save.exists():
         subprocess.run([sys.executable, str(HERE / "readme_path.py"), "--work", str(w / "path"), "--lamost", str(a.lamost),
                         "--model", str(model), "--cube", str(a.lamost_cube), "--workers", "1", "--no-plain-fit",
@@ -43,15 +43,17 @@ def one_seed(seed: int, a: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--miles-cube", type=Path, required=True, help="gsn-dask grid miles cube")
+    ap.add_argument("--train-cube", "--miles-cube", dest="train_cube", type=Path, required=True,
+                    help="training cube: gsn-dask grid miles (the README path) or grid hybrid")
     ap.add_argument("--lamost-cube", type=Path, required=True, help="ingested LAMOST cube with LASP labels")
     ap.add_argument("--lamost", type=Path, required=True, help="folder of LAMOST files with dr1_labels_lasp.csv")
     ap.add_argument("--work", type=Path, required=True, help="work folder (a seed already done there is reused)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--save", type=Path, default=OUT)
+    ap.add_argument("--train-args", nargs="*", default=[], metavar="ARG", help="more gsn-dask train options")
     a = ap.parse_args(argv)
     runs = {s: one_seed(s, a) for s in a.seeds}
-    out: dict = {"seeds": a.seeds, "miles_cube": str(a.miles_cube), "per_seed": {}, "spread": {}}
+    out: dict = {"seeds": a.seeds, "train_cube": str(a.train_cube), "per_seed": {}, "spread": {}}
     for s, r in runs.items():
         out["per_seed"][str(s)] = {"labels": r["labels_with_survey_error"], "fit_cpu_s_per_star": r["fit_cpu_s_per_star"]}
         row = r["labels_with_survey_error"]["snrg>30"]
