@@ -130,6 +130,30 @@ def pixel_weights(ivar: np.ndarray, floor: float) -> np.ndarray:
     return (w / m).astype(np.float32)
 
 
+#: The extra network input of ``source_input`` training: 1 for an observed spectrum, 0 for a synthetic one.
+SOURCE_LABEL = "observed"
+
+
+def observed_rows(synthetic: np.ndarray) -> np.ndarray:
+    """The stars that set the emulator error, the label systematics and the Kiel prior: the
+    observed ones of a cube mixing observed and synthetic spectra (``synthetic``: per star), else
+    every star."""
+    synthetic = np.asarray(synthetic, bool)
+    return ~synthetic if 0 < synthetic.sum() < synthetic.size else np.ones(synthetic.size, bool)
+
+
+def loss_weights(ivar: np.ndarray, observed: np.ndarray, floor: float, synthetic_weight: float) -> np.ndarray:
+    """Per-pixel loss weights (:func:`pixel_weights` with ``floor``), the stars outside ``observed``
+    (:func:`observed_rows`: the synthetic ones of a mixed cube) scaled by ``synthetic_weight``,
+    then back to mean 1 over good pixels."""
+    w = pixel_weights(ivar, floor)
+    observed = np.asarray(observed, bool)
+    if synthetic_weight == 1.0 or observed.all():
+        return w
+    w[~observed] *= np.float32(synthetic_weight)
+    return (w / w[ivar > 0].mean()).astype(np.float32)
+
+
 def stratified_folds(values: np.ndarray, k: int, seed: int) -> np.ndarray:
     """Fold index (0..k-1) per star, stratified in ``values`` (each run of k stars sorted by
     value gets a random permutation of the folds)."""
@@ -141,6 +165,19 @@ def stratified_folds(values: np.ndarray, k: int, seed: int) -> np.ndarray:
         blk = order[i : i + k]
         fold[blk] = rng.permutation(k)[: blk.size]
     return fold
+
+
+def assign_folds(values: np.ndarray, folds: int, val_fraction: float, seed: int) -> tuple[np.ndarray, list[int]]:
+    """Fold index per star and the folds to hold out: ``folds`` stratified folds in ``values``
+    (:func:`stratified_folds`; the first label), or (``folds`` <= 1) one random held-out split of
+    ``val_fraction`` marked 1."""
+    if folds >= 2:
+        return stratified_folds(values, int(folds), seed), list(range(int(folds)))
+    n = np.asarray(values).shape[0]
+    fold = np.zeros(n, np.int64)
+    n_val = max(1, int(round(val_fraction * n)))
+    fold[np.random.default_rng(seed).permutation(n)[:n_val]] = 1
+    return fold, [1]
 
 
 def robust_emulator_error(resid: np.ndarray, ivar: np.ndarray, min_stars: int = 5) -> np.ndarray:
@@ -329,10 +366,14 @@ class CVFolds:
 
 
 __all__ = [
+    "SOURCE_LABEL",
     "CVFolds",
     "analytic_cube",
+    "assign_folds",
     "cv_metrics",
     "diagnostics_figure",
+    "loss_weights",
+    "observed_rows",
     "pixel_weights",
     "prepare_training_data",
     "robust_emulator_error",

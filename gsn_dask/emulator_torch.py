@@ -40,11 +40,15 @@ from torch.nn import functional as F
 
 from .emulator import GSN, default_normalisation, fix_label
 from .emulator_data import (  # the numpy half of training; the figure and the test cube complete the API here
+    SOURCE_LABEL,
     CVFolds,
     _weighted_mean_spectrum,
     analytic_cube,
+    assign_folds,
     cv_metrics,
     diagnostics_figure,
+    loss_weights,
+    observed_rows,
     pixel_weights,
     prepare_training_data,
     robust_emulator_error,
@@ -463,18 +467,6 @@ def _template(data: dict[str, Any], recipe: TrainRecipe) -> dict[str, Any]:
     }
 
 
-def _assign_folds(lab: np.ndarray, recipe: TrainRecipe) -> tuple[np.ndarray, list[int]]:
-    """Fold index per star and the folds to hold out: K stratified folds in the first label, or
-    (``folds`` <= 1) one random held-out split of ``val_fraction`` marked 1."""
-    if recipe.folds >= 2:
-        return stratified_folds(lab[:, 0], int(recipe.folds), recipe.seed), list(range(int(recipe.folds)))
-    n = lab.shape[0]
-    fold = np.zeros(n, np.int64)
-    n_val = max(1, int(round(recipe.val_fraction * n)))
-    fold[np.random.default_rng(recipe.seed).permutation(n)[:n_val]] = 1
-    return fold, [1]
-
-
 def _train_members(
     arrays: tuple[np.ndarray, np.ndarray, np.ndarray], idx_tr: np.ndarray, idx_va: np.ndarray | None, *,
     recipe: TrainRecipe, template: dict[str, Any], epochs: int, patience: int, seed0: int, desc: str,
@@ -571,8 +563,8 @@ def train_gsn(
     )
     lab, flux, ivar = data["label_values"], data["flux"], data["ivar"]
     template = _template(data, recipe)
-    observed = _observed_rows(data["synthetic"])
-    flagged = recipe.source_input and 0 < int(np.sum(data["synthetic"])) < lab.shape[0]
+    observed = observed_rows(data["synthetic"])
+    flagged = recipe.source_input and not observed.all()  # a mixed cube
     lab_in = np.c_[lab, observed.astype(np.float64)] if flagged else lab  # the network's inputs
     template_in = _template({**data, "labels": [*data["labels"], SOURCE_LABEL], "label_values": lab_in}, recipe) \
         if flagged else template
@@ -581,11 +573,11 @@ def train_gsn(
         hidden_layers=[(np.zeros((lab_in.shape[1], 1)), np.zeros(1))], W_out=np.zeros((1, n_pix)), b_out=np.zeros(n_pix),
         activation=recipe.activation, **template_in,
     )
-    arrays = (scaler.scale(lab_in), flux, _loss_weights(ivar, data["synthetic"], recipe))
+    arrays = (scaler.scale(lab_in), flux, loss_weights(ivar, observed, recipe.weight_floor, recipe.synthetic_weight))
     dev = resolve_device(device)
     run = {"template": template_in, "recipe": recipe, "device": dev, "progress": progress}
     with _deterministic(recipe.seed, threads):
-        fold, k_list = _assign_folds(lab, recipe)
+        fold, k_list = assign_folds(lab[:, 0], recipe.folds, recipe.val_fraction, recipe.seed)
         oof, fold_info, fold_models = _cross_validate(arrays, lab_in, fold, k_list, t0=t0, **run)
         val_mask = np.isfinite(oof[:, 0])
         resid = np.where(val_mask[:, None], oof - flux, np.nan)
@@ -634,28 +626,6 @@ def train_gsn(
                     f"in {t_total:.1f} s: CV median |resid| {metrics['cv_resid_per_pixel_median']:.4g}, "
                     f"emulator error median {metrics['emulator_error_median']:.4g}")
     return model, report
-
-
-#: The extra network input of ``source_input`` training: 1 for an observed spectrum, 0 for a synthetic one.
-SOURCE_LABEL = "observed"
-
-
-def _observed_rows(synthetic: np.ndarray) -> np.ndarray:
-    """The stars that set the emulator error, the label systematics and the Kiel prior: the
-    observed ones of a cube mixing observed and synthetic spectra, else every star."""
-    synthetic = np.asarray(synthetic, bool)
-    return ~synthetic if 0 < synthetic.sum() < synthetic.size else np.ones(synthetic.size, bool)
-
-
-def _loss_weights(ivar: np.ndarray, synthetic: np.ndarray, recipe: TrainRecipe) -> np.ndarray:
-    """Per-pixel loss weights (:func:`pixel_weights`), the synthetic stars' scaled by
-    ``recipe.synthetic_weight`` (then back to mean 1 over good pixels)."""
-    w = pixel_weights(ivar, recipe.weight_floor)
-    synthetic = np.asarray(synthetic, bool)
-    if recipe.synthetic_weight == 1.0 or not synthetic.any():
-        return w
-    w[synthetic] *= np.float32(recipe.synthetic_weight)
-    return (w / w[ivar > 0].mean()).astype(np.float32)
 
 
 def _config_record(data: dict[str, Any], recipe: TrainRecipe, device: torch.device, threads: int | None) -> dict:

@@ -266,14 +266,14 @@ def _mixed_cube(n_obs: int = 60, n_syn: int = 40):
 
 
 def test_loss_weights_scale_the_synthetic_stars_only():
+    from gsn_dask.emulator_data import loss_weights, observed_rows
     from gsn_dask.emulator_recipe import DEFAULT_RECIPE
-    from gsn_dask.emulator_torch import _loss_weights
 
     ivar = np.full((4, 10), 1e4, np.float32)
-    syn = np.array([False, False, True, True])
-    same = _loss_weights(ivar, syn, DEFAULT_RECIPE)
+    obs = observed_rows(np.array([False, False, True, True]))
+    same = loss_weights(ivar, obs, DEFAULT_RECIPE.weight_floor, 1.0)
     np.testing.assert_array_equal(same, pixel_weights(ivar, DEFAULT_RECIPE.weight_floor))  # weight 1: unchanged
-    w = _loss_weights(ivar, syn, DEFAULT_RECIPE.replace(synthetic_weight=0.25))
+    w = loss_weights(ivar, obs, DEFAULT_RECIPE.weight_floor, 0.25)
     assert np.isclose(w.mean(), 1.0) and np.allclose(w[2:] / w[:2], 0.25)
 
 

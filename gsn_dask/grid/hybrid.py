@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from ..cube import make_spectra, open_spectra, write_spectra
+from ..cube import make_spectra, open_spectra, synthetic_rows, write_spectra
 from ..labels import galactic_alpha
 
 #: The labels of a hybrid cube.
@@ -41,8 +41,6 @@ def _common_pixels(w_obs: np.ndarray, w_syn: np.ndarray) -> tuple[slice, slice]:
 
 
 def _check(observed: xr.Dataset, synthetic: xr.Dataset) -> None:
-    from ..cube import synthetic_rows
-
     for name, ds in (("observed", observed), ("synthetic", synthetic)):
         if str(ds.attrs.get("normalised", "")).lower() != "true":
             raise ValueError(f"the {name} cube is not continuum-normalised (make it with `gsn-dask grid`)")
