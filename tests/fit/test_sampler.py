@@ -24,7 +24,7 @@ def test_rv_shift_recovered(model, truth, config):
     assert 0 < res.rv_err < 10
     assert np.all(np.abs(res.median - truth) < 3 * _sigma(res))
     assert 0.85 < res.chi2_reduced < 1.15
-    assert res.n_eff_min >= 100 and res.tau_max * 50 <= res.n_steps
+    assert res.n_eff_min >= 100 and res.tau_max * config.tau_factor <= res.n_steps
     assert res.flag == 0
     assert np.all(res.p16 < res.median) and np.all(res.median < res.p84)
 
