@@ -42,16 +42,19 @@ def add_store_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGrou
 def add_fit_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """The sampling options (``--seed``, ``--sampler``, ``--walkers`` ... ``--config``, ``--set``)
     that :func:`build_config` reads, shared by ``gsn-dask fit`` and ``python -m spark_compat fit``."""
-    from ..fit.config import SAMPLERS
+    from ..fit.config import SAMPLERS, FitConfig
 
     f = parser.add_argument_group("sampling (defaults: gsn_dask.fit.config.FitConfig)")
     f.add_argument("--seed", type=int, default=0, help="run seed (default 0)")
-    f.add_argument("--sampler", choices=SAMPLERS, default="emcee", help="emcee (default: MCMC per star), batched (torch, all stars of a block at once) or map (quick look: MAP + Laplace approximation, ~10x cheaper)")
-    f.add_argument("--walkers", type=int, default=None, metavar="N", help="number of walkers")
-    f.add_argument("--burn", type=int, default=None, metavar="N", help="burn-in steps (discarded)")
-    f.add_argument("--steps", type=int, default=None, metavar="N", help="production steps (minimum)")
+    f.add_argument("--sampler", choices=SAMPLERS, default="emcee", help="emcee (default: MCMC per star), batched (torch, all stars of a block at once) or map (quick look: MAP + Laplace approximation, ~5x cheaper)")
+    d = FitConfig()
+    f.add_argument("--walkers", type=int, default=None, metavar="N", help=f"number of walkers (default {d.n_walkers})")
+    f.add_argument("--burn", type=int, default=None, metavar="N", help=f"burn-in steps, discarded (default {d.n_burn})")
+    f.add_argument("--steps", type=int, default=None, metavar="N",
+                   help=f"production steps at least (default {d.n_steps}); extended until they cover "
+                        f"tau_factor ({d.tau_factor:g}) autocorrelation times")
     f.add_argument("--max-steps", type=int, default=None, metavar="N",
-                   help="production steps at most (chains are extended until converged)")
+                   help=f"production steps at most (default {d.max_steps}; a chain stopped there is flagged NOT_CONVERGED)")
     f.add_argument("--thin", type=int, default=None, metavar="N", help="keep every N-th production step")
     f.add_argument("--draws", type=int, default=None, metavar="N",
                    help="posterior draws kept per star in the results (`samples`; default 0 = none)")

@@ -19,8 +19,8 @@ S/N 30, 3 labels + rv; see ``benchmarks/results/fit.json``):
   with the earlier 10 walkers (500), and tau is averaged over 32 walkers' autocorrelations. The
   burn-in starts from the Laplace approximation and re-fits the independence proposal to its last
   10 steps x 32 walkers. On the 181 LAMOST DR1 spectra with the README path's model
-  (``benchmarks/walkers.py``, ``benchmarks/results/walkers.json``, one core): 0.27 CPU s per star
-  against 0.50 for 10 walkers, 30 burn-in, >= 120 steps, 50 tau; median n_eff 795 against 554
+  (``benchmarks/walkers.py``, ``benchmarks/results/walkers.json``, one core): 0.24 CPU s per star
+  against 0.45 for 10 walkers, 30 burn-in, >= 120 steps, 50 tau; median n_eff 795 against 554
   (5th percentile 661 / 507), all converged; medians and 68% widths differ from that setting's by a
   median 0.05 of its half-width, the same as that setting rerun with another seed (Monte Carlo
   noise).
