@@ -10,6 +10,7 @@ bias / 1.4826 MAD / in-68% per label for all observations and per S/N bin:
     python benchmarks/miles_holdout.py --tag default
     python benchmarks/miles_holdout.py --tag sky-arms4 --set mask_sky=true --set arm_split_aa=5900 --set cheb_degree=4
     python benchmarks/miles_holdout.py --tag train-seed1 --train-seed 1     # the demo's recipe, training seed 1
+    python benchmarks/miles_holdout.py --tag ensemble3 --train-set ensemble=3
 
 Saves ``benchmarks/results/miles_holdout.json`` (other tags are kept).
 """
@@ -35,14 +36,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-seed", type=int, default=0,
                     help="seed of the demo's training (default 0, the demo's model; others are trained and cached "
                          "like the demo's): the training's share of the hold-out numbers")
+    ap.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="training recipe setting (JSON value) on top of the demo's, e.g. ensemble=3")
     add_fit_run_args(ap, OUT)
     args = ap.parse_args(argv)
     settings = fit_settings(args.set)
     full = gd.open_spectra(demo.miles_training_cube(progress=False)).load()
     hold = demo.holdout_mask(full)
     stars = [str(s) for s in np.asarray(full["star"].values)[hold]]
+    recipe = demo.DemoSettings().recipe.replace(**fit_settings(args.train_set))
     model_dir = args.model or demo._model(full.isel(star=np.flatnonzero(~hold)),
-                                          demo.DemoSettings(progress=False, seed=args.train_seed))
+                                          demo.DemoSettings(recipe=recipe, progress=False, seed=args.train_seed))
     model = gd.load_model(model_dir)
     obs = demo.make_observations(full, stars, seed=args.seed + 2024)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -50,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     cpu = time.process_time() - c0
     snr = np.asarray(obs["snr"].values, float)
     out: dict = {"model": str(model_dir), "model_id": model.model_id, "train_seed": None if args.model else args.train_seed,
+                 "train_settings": None if args.model else fit_settings(args.train_set),
                  "sampler": args.sampler, "settings": settings,
                  "n_obs": int(obs.sizes["star"]), "n_ok": int(sum(str(s) == "ok" for s in res["status"].values)),
                  "cpu_s_per_star": cpu / obs.sizes["star"], "wall_s": time.perf_counter() - t0, "sets": {}}
