@@ -46,7 +46,7 @@ def add_fit_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
 
     f = parser.add_argument_group("sampling (defaults: gsn_dask.fit.config.FitConfig)")
     f.add_argument("--seed", type=int, default=0, help="run seed (default 0)")
-    f.add_argument("--sampler", choices=SAMPLERS, default="emcee", help="emcee (default: MCMC per star), batched (torch, all stars of a block at once) or map (quick look: MAP + Laplace approximation, ~5x cheaper)")
+    f.add_argument("--sampler", choices=SAMPLERS, default="emcee", help="emcee (default: MCMC per star), batched (torch, all stars of a block at once) or map (quick look: MAP + Laplace approximation, ~10x cheaper)")
     d = FitConfig()
     f.add_argument("--walkers", type=int, default=None, metavar="N", help=f"number of walkers (default {d.n_walkers})")
     f.add_argument("--burn", type=int, default=None, metavar="N", help=f"burn-in steps, discarded (default {d.n_burn})")

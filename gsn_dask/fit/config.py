@@ -10,7 +10,7 @@ S/N 30, 3 labels + rv; see ``benchmarks/results/fit.json``):
   MAP with the Laplace covariance, re-fitted to the burn-in samples; 16% ``DEMove``, 4%
   ``DESnookerMove`` (robustness where the posterior is not Gaussian). Integrated autocorrelation
   time 2.3 steps (acceptance 0.67), against 17.5 for a DE/snooker mix and 35 for emcee's default
-  stretch move (12 walkers, 600 steps); so 50 tau is ~120 steps instead of ~900-1800.
+  stretch move (12 walkers, 600 steps): a chain of 50 tau is ~120 steps instead of ~900-1800.
 * ``n_walkers = 32``, ``n_burn = 20``, ``n_steps = 40``, ``tau_factor = 20``: a step costs one
   vectorised emulator call for all walkers, dominated by reading the output layer (~3 MB), so the
   number of *steps* sets the cost and walkers are nearly free. Production is extended in chunks
