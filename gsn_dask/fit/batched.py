@@ -103,7 +103,7 @@ def _finalise(stack: SpectraStack, i: int, res: FitResult, snr: float, seed: int
     tpl = stack.template
     snr_used = float(snr) if np.isfinite(snr) else float(stack.snr_median[i])
     conv = bool(converged(res.n_steps, res.tau_max, cfg.tau_factor))
-    res.flag = result_flags(tpl, res.median, res.rv, res.chi2_reduced, snr_used, conv, cfg)
+    res.flag = result_flags(tpl, res.median, res.rv, res.chi2_reduced, snr_used, conv, cfg, bool(stack.dead_terms[i].any()))
     res.snr, res.n_good, res.seed = snr_used, int(stack.n_good[i]), int(seed)
     if return_chain:
         res.param_names = list(tpl.param_names)

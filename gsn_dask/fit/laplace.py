@@ -70,7 +70,7 @@ def fit_map(model: Any, flux: np.ndarray, ivar: np.ndarray, *, config: FitConfig
     res = FitResult(
         median=q50[:L], p16=q16[:L], p84=q84[:L], map=theta[:L].copy(), rv=float(q50[L]),
         rv_err=float(0.5 * (q84[L] - q16[L])), chi2_reduced=chi2r,
-        flag=result_flags(post, q50[:L], float(q50[L]), chi2r, snr_used, bool(mres.success), config),
+        flag=result_flags(post, q50[:L], float(q50[L]), chi2r, snr_used, bool(mres.success), config, post.arm_missing),
         status="ok", samples=samples, snr=snr_used, n_good=post.n_good, seed=int(seed), rv_map=float(theta[L]),
         n_eval=post.n_eval, map_success=bool(mres.success), param_names=list(post.param_names), map_start=mres)
     return report_labels(res, reporting(model, config))  # type: ignore[return-value]

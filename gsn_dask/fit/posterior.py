@@ -49,7 +49,7 @@ matrices and makes it slower than the direct path. So the direct path is kept
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -88,23 +88,52 @@ def pixel_weights(model: EmulatorLike, flux: np.ndarray, ivar: np.ndarray,
     return good, w
 
 
+#: An arm (the pixels of one continuum polynomial) with fewer good pixels than this per continuum
+#: term is left out of the fit: its pixels get zero weight and its terms are fixed at 0, so the star
+#: is fitted on its other arm (e.g. a LAMOST spectrum whose red arm is masked) and flagged ARM_MISSING.
+MIN_ARM_PIXELS_PER_TERM = 10
+
+
+def continuum_arms(wavelength: np.ndarray, degree: int, split_aa: float | None = None) -> list[tuple[np.ndarray, slice]]:
+    """The arms of :func:`continuum_basis`: (pixel mask, column slice) per polynomial; two when
+    ``split_aa`` (vacuum A) lies inside ``wavelength``, else one."""
+    w = np.asarray(wavelength, dtype=np.float64)
+    k = int(degree) + 1
+    if split_aa is None or not (w[0] < split_aa < w[-1]):
+        return [(np.ones(w.size, dtype=bool), slice(0, k))]
+    red = w >= split_aa
+    return [(~red, slice(0, k)), (red, slice(k, 2 * k))]
+
+
 def continuum_basis(wavelength: np.ndarray, degree: int, split_aa: float | None = None) -> np.ndarray:
     """(n_pix, n_cont) basis of the multiplicative continuum correction: Chebyshev polynomials of
     ``degree`` in x in [-1, 1] over ``wavelength``; with ``split_aa`` (vacuum A) inside the range,
     one such polynomial per side (the LAMOST blue and red arms are flux-calibrated separately)."""
     w = np.asarray(wavelength, dtype=np.float64)
-
-    def cheb(part: np.ndarray) -> np.ndarray:
+    arms = continuum_arms(w, degree, split_aa)
+    out = np.zeros((w.size, len(arms) * (int(degree) + 1)))
+    for pix, cols in arms:
+        part = w[pix]
         x = 2.0 * (part - part[0]) / (part[-1] - part[0]) - 1.0 if part.size > 1 else np.zeros(part.size)
-        return _cheb.chebvander(x, degree)
-
-    if split_aa is None or not (w[0] < split_aa < w[-1]):
-        return cheb(w)
-    red = w >= split_aa
-    out = np.zeros((w.size, 2 * (degree + 1)))
-    out[~red, : degree + 1] = cheb(w[~red])
-    out[red, degree + 1 :] = cheb(w[red])
+        out[pix, cols] = _cheb.chebvander(x, degree)
     return out
+
+
+def drop_starved_arms(good: np.ndarray, w: np.ndarray,
+                      arms: Sequence[tuple[np.ndarray, slice]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Leave out the arms with fewer than :data:`MIN_ARM_PIXELS_PER_TERM` good pixels per continuum
+    term: (good, w, dead) for ``good``/``w`` (..., n_used) on the used pixels, with the starved arms'
+    pixels no longer good and of zero weight, and ``dead`` (..., n_cont) bool: the terms fixed at 0."""
+    good, w = np.asarray(good, dtype=bool), np.asarray(w, dtype=np.float64)
+    n_cont = max(cols.stop for _, cols in arms)
+    dead = np.zeros(good.shape[:-1] + (n_cont,), dtype=bool)
+    for pix, cols in arms:
+        starved = good[..., pix].sum(axis=-1) < MIN_ARM_PIXELS_PER_TERM * (cols.stop - cols.start)
+        if np.any(starved):
+            kill = np.asarray(starved)[..., None] & pix
+            good, w = good & ~kill, np.where(kill, 0.0, w)
+            dead[..., cols] = np.asarray(starved)[..., None]
+    return good, w, dead
 
 
 def merged_priors(
@@ -190,10 +219,13 @@ class SpectrumPosterior:
         sl = slice(self.lo, self.hi)
         self.wavelength_used = wave[sl]
 
-        # ---- weights
+        # ---- weights and the continuum basis (an arm without enough good pixels is left out)
         good, w = pixel_weights(model, flux, ivar, config)
-        self.good = good[sl]
-        self.w = w[sl]
+        self.T = continuum_basis(self.wavelength_used, int(config.cheb_degree), config.split_aa)
+        self.arms = continuum_arms(self.wavelength_used, int(config.cheb_degree), config.split_aa)
+        self.good, self.w, self.dead_terms = drop_starved_arms(good[sl], w[sl], self.arms)
+        self.arm_missing = bool(self.dead_terms.any())
+        self._dead_idx = np.flatnonzero(self.dead_terms)
         self.f = np.where(self.good, flux[sl], 0.0)
         self.n_used = self.hi - self.lo
         self.n_good = int(self.good.sum())
@@ -201,8 +233,7 @@ class SpectrumPosterior:
             float(np.median(np.abs(self.f[self.good]) * np.sqrt(ivar[sl][self.good]))) if self.n_good else float("nan")
         )
 
-        # ---- continuum basis and the fixed matrices of the normal equations
-        self.T = continuum_basis(self.wavelength_used, int(config.cheb_degree), config.split_aa)
+        # ---- the fixed matrices of the normal equations
         self.n_cont = self.T.shape[1]
         self._pairs = [(j, k) for j in range(self.n_cont) for k in range(j, self.n_cont)]
         self._wfT = np.ascontiguousarray((self.w * self.f)[:, None] * self.T)  # (n_used, d+1)
@@ -235,7 +266,7 @@ class SpectrumPosterior:
     @property
     def dof(self) -> int:
         """Degrees of freedom of chi2 at the MAP: good pixels - labels - rv - continuum terms."""
-        return max(self.n_good - self.ndim - self.n_cont, 1)
+        return max(self.n_good - self.ndim - (self.n_cont - self._dead_idx.size), 1)
 
     def in_bounds(self, theta: np.ndarray) -> np.ndarray:
         theta = np.atleast_2d(theta)
@@ -300,6 +331,8 @@ class SpectrumPosterior:
         for p, (j, kk) in enumerate(self._pairs):
             G[:, j, kk] = gp[:, p]
             G[:, kk, j] = gp[:, p]
+        if self._dead_idx.size:  # a left-out arm: its (all-zero) terms solve to 0
+            G[:, self._dead_idx, self._dead_idx] = 1.0
         return G, b
 
     def chi2_of_spectra(self, spectra: np.ndarray, rv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -362,7 +395,11 @@ class SpectrumPosterior:
         _, c = self.chi2_of_spectra(spec, theta[:, self.n_label])
         ms = self.shift(spec, theta[:, self.n_label])
         out = np.full(np.asarray(self.model.wavelength).size, np.nan)
-        out[self.lo : self.hi] = ms[0] * (self.T @ c[0])
+        used = ms[0] * (self.T @ c[0])
+        for pix, cols in self.arms:
+            if self.dead_terms[cols].any():
+                used[pix] = np.nan  # a left-out arm has no continuum
+        out[self.lo : self.hi] = used
         return out
 
     def info(self) -> dict[str, Any]:
@@ -396,5 +433,5 @@ def star_posterior(model: EmulatorLike, flux: np.ndarray, ivar: np.ndarray, conf
     return (None, few, snr_used) if few is not None else (post, None, snr_used)
 
 
-__all__ = ["C_KMS", "EmulatorLike", "SpectrumPosterior", "star_posterior", "log10_step", "merged_priors", "pixel_weights",
-           "rv_to_pixels"]
+__all__ = ["C_KMS", "MIN_ARM_PIXELS_PER_TERM", "EmulatorLike", "SpectrumPosterior", "continuum_arms", "continuum_basis",
+           "drop_starved_arms", "star_posterior", "log10_step", "merged_priors", "pixel_weights", "rv_to_pixels"]

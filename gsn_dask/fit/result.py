@@ -105,10 +105,12 @@ def few_pixels(n_label: int, n_good: int, snr: float, config: FitConfig, **extra
         flag=int(flag), snr=float(snr), n_good=int(n_good), **extra)
 
 
-def result_flags(post: Any, med: np.ndarray, rv: float, chi2r: float, snr: float, conv: bool, cfg: FitConfig) -> int:
+def result_flags(post: Any, med: np.ndarray, rv: float, chi2r: float, snr: float, conv: bool, cfg: FitConfig,
+                 arm_missing: bool = False) -> int:
     """Flag bits (:class:`gsn_dask.flags.Flag`) of a fitted star. ``post`` provides ``lower``/``upper``
-    (labels then rv) and ``n_label``, like :class:`~gsn_dask.fit.posterior.SpectrumPosterior`."""
-    flag = 0
+    (labels then rv) and ``n_label``, like :class:`~gsn_dask.fit.posterior.SpectrumPosterior`;
+    ``arm_missing``: an arm was left out of the fit (too few good pixels)."""
+    flag = Flag.ARM_MISSING if arm_missing else 0
     if not conv:
         flag |= Flag.NOT_CONVERGED
     span = post.upper - post.lower

@@ -219,7 +219,7 @@ def _summarise(post: SpectrumPosterior, mres: MapResult, sampler: emcee.Ensemble
         rv_err=float(0.5 * (q84[L] - q16[L])), chi2_reduced=chi2r,
         acceptance=float(np.mean(sampler.acceptance_fraction)), tau_max=float(np.max(tau)),
         n_eff_min=float(np.min(n_prod * cfg.n_walkers / tau)),
-        flag=result_flags(post, q50[:L], float(q50[L]), chi2r, snr_used, conv, cfg), status="ok",
+        flag=result_flags(post, q50[:L], float(q50[L]), chi2r, snr_used, conv, cfg, post.arm_missing), status="ok",
         samples=samples, snr=snr_used, n_good=post.n_good, n_steps=n_prod, rv_map=float(theta_map[L]),
         n_eval=post.n_eval, map_success=bool(mres.success))
 

@@ -21,7 +21,7 @@ import torch
 
 from ..config import FitConfig
 from ..geometry import C_KMS
-from ..posterior import SpectrumPosterior, merged_priors, pixel_weights
+from ..posterior import SpectrumPosterior, drop_starved_arms, merged_priors, pixel_weights
 from .algebra import ROW_TILE_CPU, ROW_TILE_CUDA, dot, spd_solve
 from .emulator import TorchEmulator
 
@@ -44,8 +44,9 @@ class SpectraStack:
         self.template = tpl = SpectrumPosterior(model, flux[0], ivar[0], config)
         sl = slice(tpl.lo, tpl.hi)
         good, w = pixel_weights(model, flux, ivar, config)
-        self.good = good[:, sl]
-        self.w = np.ascontiguousarray(w[:, sl])
+        good, w, self.dead_terms = drop_starved_arms(good[:, sl], w[:, sl], tpl.arms)
+        self.good = good
+        self.w = np.ascontiguousarray(w)
         self.f = np.ascontiguousarray(np.where(self.good, flux[:, sl], 0.0))
         self.n_good = self.good.sum(axis=1)
         with np.errstate(invalid="ignore"):
@@ -55,7 +56,7 @@ class SpectraStack:
         if has.any():
             self.snr_median[has] = np.nanmedian(snr[has], axis=1)
         self.wff = np.sum(self.w * self.f**2, axis=1)
-        self.dof = np.maximum(self.n_good - tpl.ndim - tpl.n_cont, 1).astype(np.float64)
+        self.dof = np.maximum(self.n_good - tpl.ndim - (tpl.n_cont - self.dead_terms.sum(axis=1)), 1).astype(np.float64)
         L = tpl.n_label
         self.prior_mu = np.zeros((S, L))
         self.prior_isig = np.zeros((S, L))
@@ -85,6 +86,7 @@ class SpectraStack:
         st.snr_median = np.array([p.snr_median for p in posts])
         st.wff = np.array([p._wff for p in posts])
         st.dof = np.array([p.dof for p in posts], dtype=np.float64)
+        st.dead_terms = np.stack([p.dead_terms for p in posts])
         st.prior_mu = np.zeros((st.S, p0.n_label))
         st.prior_isig = np.zeros((st.S, p0.n_label))
         for i, p in enumerate(posts):
@@ -132,11 +134,14 @@ class BatchedPosterior:
         self.prior_mu = torch.as_tensor(st.prior_mu[rows], dtype=f64, device=dev)
         self.prior_isig = torch.as_tensor(st.prior_isig[rows], dtype=f64, device=dev)
         self.dof = torch.as_tensor(st.dof[rows], dtype=f64, device=dev)
+        # 1 on the diagonal of a left-out arm's (all-zero) terms: they solve to 0 (SpectrumPosterior)
+        self.dead = torch.as_tensor(st.dead_terms[rows], dtype=f64, device=dev)
+        self.any_dead = bool(st.dead_terms[rows].any())
         # emulator rows per evaluation tile (fixed shapes, see _tiled); CPU: small enough for cache
         self.row_tile = ROW_TILE_CPU if dev.type == "cpu" else ROW_TILE_CUDA
         self.pad_tiles = dev.type != "cpu"
 
-    _PER_STAR = ("w", "f", "wf", "wff", "prior_mu", "prior_isig", "dof")
+    _PER_STAR = ("w", "f", "wf", "wff", "prior_mu", "prior_isig", "dof", "dead")
 
     def take(self, idx: Tensor) -> BatchedPosterior:
         """The sub-batch of stars ``idx`` (LongTensor, repeats allowed)."""
@@ -213,7 +218,10 @@ class BatchedPosterior:
         b = (md * self.wf[:, None, :]) @ self.T  # exact products, float64 sums
         gp = (md * self.w[:, None, :]).mul_(md) @ self.TT
         k = self.n_cont
-        return gp[..., self.pair_of].reshape(*gp.shape[:-1], k, k), b
+        G = gp[..., self.pair_of].reshape(*gp.shape[:-1], k, k)
+        if self.any_dead:
+            G = G + torch.diag_embed(self.dead)[:, None]
+        return G, b
 
     @staticmethod
     def solve(G: Tensor, b: Tensor) -> Tensor:
