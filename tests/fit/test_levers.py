@@ -102,3 +102,67 @@ def test_fit_takes_the_arm_split_from_the_cube(model, truth):
     assert json.loads(one.attrs["fit_config"])["arm_split_aa"] is None
     assert json.loads(two.attrs["fit_config"])["arm_split_aa"] == 5900.0
     assert float(two["chi2_reduced"][0]) < 1.3 < float(one["chi2_reduced"][0])
+
+
+def test_drop_starved_arms_leaves_good_arms_alone():
+    from gsn_dask.fit.posterior import MIN_ARM_PIXELS_PER_TERM, continuum_arms, drop_starved_arms
+
+    wave = np.linspace(3700, 7400, 400)
+    arms = continuum_arms(wave, 4, 5900.0)
+    red = wave >= 5900
+    good = np.ones((2, wave.size), bool)
+    good[1, red] = False
+    good[1, np.flatnonzero(red)[:4]] = True  # 4 good red pixels < 10 per term x 5 terms
+    w = np.where(good, 2.0, 0.0)
+    g, ww, dead = drop_starved_arms(good, w, arms)
+    assert MIN_ARM_PIXELS_PER_TERM * 5 > 4
+    assert np.array_equal(g[0], good[0]) and np.array_equal(ww[0], w[0]) and not dead[0].any()
+    assert not g[1, red].any() and np.all(ww[1, red] == 0) and np.array_equal(g[1, ~red], good[1, ~red])
+    assert dead[1].tolist() == [False] * 5 + [True] * 5
+    g1, w1, d1 = drop_starved_arms(good[1], w[1], arms)  # one star: the same rule
+    assert np.array_equal(g1, g[1]) and np.array_equal(w1, ww[1]) and np.array_equal(d1, dead[1])
+
+
+@pytest.mark.parametrize("sampler", ["map", "emcee", "batched"])
+def test_a_masked_arm_is_left_out_and_flagged(model, truth, sampler):
+    """A LAMOST-like spectrum whose red arm is masked (4 good pixels left) is fitted on its blue
+    arm and flagged ARM_MISSING by every sampler, instead of failing on a singular continuum
+    system; the complete star beside it is fitted as if alone."""
+    import gsn_dask as gd
+    from gsn_dask.cube import make_spectra
+    from gsn_dask.flags import Flag
+
+    if sampler == "batched":
+        pytest.importorskip("torch")
+    wave = np.asarray(model.wavelength)
+    flux, ivar = draw(model, truth, snr=60, seed=5)
+    cut = ivar.copy()
+    red = np.flatnonzero(wave >= 5900)
+    cut[red[4:]] = 0.0
+    cube = make_spectra(["cut", "whole"], wave, np.stack([flux, flux]), np.stack([cut, ivar]))
+    cube.attrs["arm_split_aa"] = 5900.0
+    cfg = {"n_walkers": 10, "n_burn": 20, "n_steps": 40} if sampler != "map" else {}
+    res = gd.fit(cube, model, sampler=sampler, config=cfg, seed=1)
+    assert [str(s) for s in res["status"].values] == ["ok", "ok"]
+    flags = [int(f) for f in res["flag"].values]
+    assert flags[0] & Flag.ARM_MISSING and not flags[1] & Flag.ARM_MISSING
+    half = 0.5 * (res["p84"].values - res["p16"].values)
+    assert np.all(np.abs(res["median"].values[0] - truth) < 4 * half[0])
+    alone = gd.fit(cube.isel(star=[1]), model, sampler=sampler, config=cfg, seed=1)
+    assert np.array_equal(alone["median"].values[0], res["median"].values[1])
+
+
+def test_a_left_out_arm_in_the_posterior(model, truth):
+    """The continuum system stays solvable (residuals, the LM start's path), the dof counts the
+    live terms only and the best-fit model has no continuum (NaN) on the left-out arm."""
+    wave = np.asarray(model.wavelength)
+    flux, ivar = draw(model, truth, snr=60, seed=6)
+    ivar[wave >= 5900] = 0.0
+    cfg = FitConfig(cheb_degree=4, arm_split_aa=5900.0)
+    post = SpectrumPosterior(model, flux, ivar, cfg)
+    theta = np.r_[truth, 0.0]
+    assert post.arm_missing and post.n_cont == 10 and post.dof == post.n_good - post.ndim - 5
+    r = post.residuals(theta[None, :])
+    assert np.isfinite(r).all() and 0.8 < post.chi2_reduced(theta) < 1.2
+    m = post.model_flux(theta)
+    assert np.isnan(m[wave >= 5900]).all() and np.isfinite(m[(wave < 5900) & (wave > 3800)]).all()
