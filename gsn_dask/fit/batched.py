@@ -20,11 +20,13 @@ Randomness: per star, never per batch
 CPU cost (measured, benchmarks/batched.py, 1 core of a 2-core AMD EPYC VM)
     Per emulator row of the 3 x 256 / 3753 px GSN: the network 34 us (64 GFLOP/s, near this
     core's float32 GEMM peak), the rv shift ~7 us, the float64 continuum normal equations ~14 us
-    (two skinny GEMMs, memory-bound). The emcee path already evaluates its walkers (then 10) in one
-    vectorised call, so it pays the same per-row costs with a smaller GEMM: the batched sampler
-    is 1.3x faster per effective sample on that model and 1.8x on the 3 x 768 ensemble, not
-    more, because both sit near the same FLOP ceiling. The batch pays off on a GPU, where the
-    rows of thousands of spectra fill the device.
+    (two skinny GEMMs, memory-bound). The emcee path already evaluates its walkers in one
+    vectorised call, so it pays the same per-row costs with a smaller GEMM: with 10 walkers the
+    batched sampler was 1.3x faster per effective sample on that model and 1.8x on the 3 x 768
+    ensemble, not more, because both sit near the same FLOP ceiling. With the 32-walker default
+    emcee's calls are larger and fewer: on the 181 LAMOST DR1 spectra (MILES GSN, 3012 px) the
+    batched sampler takes 0.27 and emcee 0.24 CPU s per star (``benchmarks/walkers.py``). The
+    batch pays off on a GPU, where the rows of thousands of spectra fill the device.
 
 Memory
     The pool's size P (``config.batch_size``, or :func:`auto_batch_size`: ``torch.cuda.mem_get_info``
