@@ -3,7 +3,9 @@
 Side by side, in one process, on one core (BLAS limited to 1 thread):
 
 * **gsn-dask**: :func:`gsn_dask.fit.sampler.fit_spectrum` with the default :class:`FitConfig`
-  (batched MAP start, vectorised log-probability, Laplace + DE moves, chain >= 50 tau);
+  (batched MAP start, vectorised log-probability, Laplace + DE moves) held to the baseline's
+  standard, emcee's chain >= 50 tau (the package default is 20 tau with 32 walkers: see
+  ``benchmarks/walkers.py``; ``results/fit.json`` was measured with the former 10 walkers);
 * **baseline**: what a straightforward user writes: ``emcee.EnsembleSampler`` with emcee's default
   stretch move, 32 walkers, and a NON-vectorised log-probability that calls the network for one
   walker at a time (``np.interp`` Doppler shift, ``np.linalg.lstsq`` continuum, same likelihood),
@@ -280,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     assert "torch" not in sys.modules
     load0 = os.getloadavg()
     model, model_desc = load(args.model)
-    cfg = FitConfig()
+    cfg = FitConfig(tau_factor=50.0)  # the baseline's standard (emcee's 50-tau rule)
     stars = make_stars(model, max(args.n_stars, args.n_baseline), args.snr)
     keys = ("cpu_s", "wall_s", "n_eff_min", "tau_max", "n_steps", "n_eval")
 

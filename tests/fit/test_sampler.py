@@ -94,7 +94,7 @@ def test_poor_fit_and_not_converged(model, truth):
     cfg = FitConfig(n_steps=20, max_steps=20, n_burn=10)
     r = fit_spectrum(model, flux, ivar * 9.0, config=cfg, seed=4)  # noise underestimated 3x
     assert r.chi2_reduced > 5 and r.flag & Flag.POOR_FIT
-    assert r.flag & Flag.NOT_CONVERGED  # 20 steps < 50 tau
+    assert r.flag & Flag.NOT_CONVERGED  # 20 steps < tau_factor (20) tau
 
 
 @pytest.mark.parametrize("moves", ["de", "stretch"])
