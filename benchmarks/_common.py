@@ -130,6 +130,11 @@ def add_fit_run_args(ap, save: Path) -> None:  # noqa: ANN001 - argparse.Argumen
     ap.add_argument("--save", type=Path, default=save)
 
 
+def mad_std(x: np.ndarray) -> float:
+    """1.4826 x the median absolute deviation from the median (NaNs ignored)."""
+    return float(1.4826 * np.nanmedian(np.abs(x - np.nanmedian(x))))
+
+
 def label_stats(ours: np.ndarray, ref: np.ndarray, p16: np.ndarray, p84: np.ndarray) -> dict[str, float]:
     """Against reference labels: n, median bias, 1.4826 MAD, reference inside [p16, p84], robust std
     of z = (ours - ref) / half-width and the median half-width (finite pairs only)."""
@@ -139,6 +144,5 @@ def label_stats(ours: np.ndarray, ref: np.ndarray, p16: np.ndarray, p84: np.ndar
     half = 0.5 * (p84[ok] - p16[ok])
     inside = (ref[ok] >= p16[ok]) & (ref[ok] <= p84[ok])
     z = d / np.where(half > 0, half, np.nan)
-    mad = lambda x: float(1.4826 * np.nanmedian(np.abs(x - np.nanmedian(x))))  # noqa: E731
-    return {"n": int(ok.sum()), "bias": float(np.median(d)), "mad_std": mad(d), "in68": float(inside.mean()),
-            "z_rstd": mad(z), "half_width_median": float(np.median(half))}
+    return {"n": int(ok.sum()), "bias": float(np.median(d)), "mad_std": mad_std(d), "in68": float(inside.mean()),
+            "z_rstd": mad_std(z), "half_width_median": float(np.median(half))}

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _common import mad_std
+
 OUT = Path(__file__).resolve().parent / "results" / "mk_types.json"
 
 #: Dwarf Teff (K) per spectral subtype, Pecaut & Mamajek (2013) Table 5, A0-K7 (rounded).
@@ -42,10 +44,6 @@ def mk_teff(subclass: str) -> float:
     return float(MK_TEFF.get(m.group(1), np.nan)) if m else float("nan")
 
 
-def _mad(x: np.ndarray) -> float:
-    return float(1.4826 * np.median(np.abs(x - np.median(x)))) if x.size else float("nan")
-
-
 def compare(ours: np.ndarray, lasp: np.ndarray, mk: np.ndarray, cls: np.ndarray, sel: np.ndarray) -> dict:
     """Per spectral class (and all): offsets of ours and LASP from MK and from each other (K)."""
     out = {}
@@ -53,9 +51,9 @@ def compare(ours: np.ndarray, lasp: np.ndarray, mk: np.ndarray, cls: np.ndarray,
         s = sel & np.isfinite(ours) & np.isfinite(lasp) & np.isfinite(mk) & ((cls == name) | (name == "all"))
         d_o, d_l, d_ol = ours[s] - mk[s], lasp[s] - mk[s], ours[s] - lasp[s]
         out[name] = {"n": int(s.sum()),
-                     "ours_minus_mk": {"median": _r(np.median(d_o)), "mad_std": _r(_mad(d_o))} if s.any() else None,
-                     "lasp_minus_mk": {"median": _r(np.median(d_l)), "mad_std": _r(_mad(d_l))} if s.any() else None,
-                     "ours_minus_lasp": {"median": _r(np.median(d_ol)), "mad_std": _r(_mad(d_ol))} if s.any() else None}
+                     "ours_minus_mk": {"median": _r(np.median(d_o)), "mad_std": _r(mad_std(d_o))} if s.any() else None,
+                     "lasp_minus_mk": {"median": _r(np.median(d_l)), "mad_std": _r(mad_std(d_l))} if s.any() else None,
+                     "ours_minus_lasp": {"median": _r(np.median(d_ol)), "mad_std": _r(mad_std(d_ol))} if s.any() else None}
     return out
 
 

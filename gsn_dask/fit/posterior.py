@@ -136,6 +136,13 @@ def drop_starved_arms(good: np.ndarray, w: np.ndarray,
     return good, w, dead
 
 
+def fit_dof(n_good: np.ndarray | int, ndim: int, dead_terms: np.ndarray) -> np.ndarray:
+    """Degrees of freedom of chi2 at the MAP (at least 1): good pixels - labels - rv - the live
+    continuum terms (``dead_terms`` (..., n_cont): those of a left-out arm do not count)."""
+    live = np.asarray(dead_terms).shape[-1] - np.asarray(dead_terms).sum(axis=-1)
+    return np.maximum(np.asarray(n_good) - ndim - live, 1)
+
+
 def merged_priors(
     label_names: list[str], config: FitConfig, priors: Mapping[str, tuple[float, float]] | None = None
 ) -> dict[str, tuple[float, float]]:
@@ -266,7 +273,7 @@ class SpectrumPosterior:
     @property
     def dof(self) -> int:
         """Degrees of freedom of chi2 at the MAP: good pixels - labels - rv - continuum terms."""
-        return max(self.n_good - self.ndim - (self.n_cont - self._dead_idx.size), 1)
+        return int(fit_dof(self.n_good, self.ndim, self.dead_terms))
 
     def in_bounds(self, theta: np.ndarray) -> np.ndarray:
         theta = np.atleast_2d(theta)
@@ -434,4 +441,4 @@ def star_posterior(model: EmulatorLike, flux: np.ndarray, ivar: np.ndarray, conf
 
 
 __all__ = ["C_KMS", "MIN_ARM_PIXELS_PER_TERM", "EmulatorLike", "SpectrumPosterior", "continuum_arms", "continuum_basis",
-           "drop_starved_arms", "star_posterior", "log10_step", "merged_priors", "pixel_weights", "rv_to_pixels"]
+           "drop_starved_arms", "fit_dof", "star_posterior", "log10_step", "merged_priors", "pixel_weights", "rv_to_pixels"]

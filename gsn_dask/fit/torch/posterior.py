@@ -21,7 +21,7 @@ import torch
 
 from ..config import FitConfig
 from ..geometry import C_KMS
-from ..posterior import SpectrumPosterior, drop_starved_arms, merged_priors, pixel_weights
+from ..posterior import SpectrumPosterior, drop_starved_arms, fit_dof, merged_priors, pixel_weights
 from .algebra import ROW_TILE_CPU, ROW_TILE_CUDA, dot, spd_solve
 from .emulator import TorchEmulator
 
@@ -56,7 +56,7 @@ class SpectraStack:
         if has.any():
             self.snr_median[has] = np.nanmedian(snr[has], axis=1)
         self.wff = np.sum(self.w * self.f**2, axis=1)
-        self.dof = np.maximum(self.n_good - tpl.ndim - (tpl.n_cont - self.dead_terms.sum(axis=1)), 1).astype(np.float64)
+        self.dof = fit_dof(self.n_good, tpl.ndim, self.dead_terms).astype(np.float64)
         L = tpl.n_label
         self.prior_mu = np.zeros((S, L))
         self.prior_isig = np.zeros((S, L))
