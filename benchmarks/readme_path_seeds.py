@@ -10,6 +10,10 @@ cannot resolve on these 49 stars.
     python benchmarks/readme_path_seeds.py --miles-cube miles_train.zarr --lamost-cube lamost.zarr \
         --lamost ../shared/data/lamost --work W --seeds 0 1 2
 
+A training option for every seed (written with ``=``, so that it is not read as this script's own):
+
+    python benchmarks/readme_path_seeds.py ... --train-args=--label-outlier-z=4 --save results/readme_path_seeds_outlier_z4.json
+
 Saves ``benchmarks/results/readme_path_seeds.json``.
 """
 from __future__ import annotations
@@ -53,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-args", nargs="*", default=[], metavar="ARG", help="more gsn-dask train options")
     a = ap.parse_args(argv)
     runs = {s: one_seed(s, a) for s in a.seeds}
-    out: dict = {"seeds": a.seeds, "train_cube": str(a.train_cube), "per_seed": {}, "spread": {}}
+    out: dict = {"seeds": a.seeds, "train_cube": str(a.train_cube), "train_args": a.train_args, "per_seed": {}, "spread": {}}
     for s, r in runs.items():
         out["per_seed"][str(s)] = {"labels": r["labels_with_survey_error"], "fit_cpu_s_per_star": r["fit_cpu_s_per_star"]}
         row = r["labels_with_survey_error"]["snrg>30"]

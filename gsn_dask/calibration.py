@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .emulator import GSN
-from .emulator_recipe import TrainRecipe
+from .emulator_recipe import DEFAULT_RECIPE, TrainRecipe
 from .fit.config import FitConfig
 from .fit.posterior import SpectrumPosterior
 from .fit.start import find_map
@@ -195,6 +195,35 @@ def estimate_label_systematics(
     return out
 
 
+def contradicted_labels(cv_folds: CVFolds, z_max: float, *, config: FitConfig | None = None,
+                        progress: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+    """Training stars whose spectra contradict their labels, for a training that leaves them out
+    (recipe ``label_outlier_z``). Every star a fold model held out is fitted by it (as in
+    :func:`estimate_label_systematics`, all of them); per label, ``z = (fit - label) /
+    hypot(sigma_stat, sigma_sys)`` with ``sigma_sys`` solved from these fits. Returns (keep
+    (n_star,) bool: False where |z| > ``z_max`` in any label; stars not fitted are kept, and a
+    record: ``z_max``, ``n_fitted``, ``n_left_out``, ``left_out_by_label``)."""
+    cfg = (config or FitConfig()).replace(label_systematics=False, label_prior="none")
+    labels = np.asarray(cv_folds.labels, dtype=np.float64)
+    idx = np.flatnonzero(np.asarray(cv_folds.model_index) >= 0)
+    fit, sd = out_of_fold_fits(cv_folds.models, np.asarray(cv_folds.flux, np.float64), np.asarray(cv_folds.ivar, np.float64),
+                               cv_folds.model_index, idx, cfg, progress=progress)
+    delta = fit - labels[idx]
+    ok = np.all(np.isfinite(delta) & np.isfinite(sd), axis=1)
+    sig = np.array([solve_sigma_sys(delta[ok, k], sd[ok, k]) for k in range(delta.shape[1])])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        over = ok[:, None] & (np.abs(delta) / np.hypot(sd, sig) > float(z_max))
+    keep = np.ones(labels.shape[0], dtype=bool)
+    keep[idx[over.any(axis=1)]] = False
+    names = list(cv_folds.models[0].label_names)
+    record = {"z_max": float(z_max), "n_fitted": int(ok.sum()), "n_left_out": int((~keep).sum()),
+              "left_out_by_label": {n: int(over[:, k].sum()) for k, n in enumerate(names)}}
+    _note(progress, f"label screen: {record['n_left_out']} of {record['n_fitted']} stars contradict a label by more than "
+                    f"{z_max:g} sigma ({', '.join(f'{n} {v}' for n, v in record['left_out_by_label'].items())}): "
+                    "the final model trains without them")
+    return keep, record
+
+
 def calibrate(model: GSN, cv_folds: CVFolds, *, config: FitConfig | None = None, progress: bool = False) -> dict[str, Any]:
     """Measure the label systematics of a freshly trained ``model`` from its cross-validation
     (``cv_folds``, from :func:`gsn_dask.emulator_torch.train_gsn`'s report) and store the record
@@ -224,16 +253,20 @@ def train_and_calibrate(
 ) -> tuple[GSN, dict[str, Any]]:
     """What ``gsn-dask train`` does: :func:`gsn_dask.emulator_torch.train_gsn` with ``recipe``
     (default :data:`~gsn_dask.emulator_recipe.DEFAULT_RECIPE`) and ``overrides``, then, when the
-    recipe's ``label_systematics`` is on, :func:`calibrate`. Returns (model, report); the
+    recipe's ``label_systematics`` is on, :func:`calibrate`; with ``label_outlier_z`` the final model
+    trains without the stars :func:`contradicted_labels` finds. Returns (model, report); the
     report's ``label_systematics`` is the record (None when skipped). Needs torch."""
     from .emulator_torch import train_gsn
 
-    model, report = train_gsn(train_ds, recipe, device=device, threads=threads, progress=progress, **overrides)
+    recipe = (recipe or DEFAULT_RECIPE).replace(**overrides)
+    z_max = recipe.label_outlier_z
+    screen = None if z_max is None else (lambda cv: contradicted_labels(cv, z_max, progress=progress))
+    model, report = train_gsn(train_ds, recipe, device=device, threads=threads, progress=progress, screen=screen)
     report["label_systematics"] = None
     if report["recipe"].label_systematics:
         report["label_systematics"] = calibrate(model, report["cv_folds"], progress=progress)
     return model, report
 
 
-__all__ = ["MEDIAN_ABS_Z", "calibrate", "estimate_label_systematics", "out_of_fold_fits", "solve_sigma_sys",
+__all__ = ["MEDIAN_ABS_Z", "calibrate", "contradicted_labels", "estimate_label_systematics", "out_of_fold_fits", "solve_sigma_sys",
            "train_and_calibrate"]

@@ -56,7 +56,11 @@ class TrainRecipe:
     log g), ``none`` does not, ``auto`` does for a library of observed stars (cube attrs
     ``source`` in :data:`OBSERVED_SOURCES`: where its stars lie is where stars are) and not for a
     synthetic grid (whose labels are a design, not a population); a mixed cube (``MILES+synthetic``)
-    counts as observed. ``seed`` fixes folds, initialisation and batches.
+    counts as observed. ``label_outlier_z``: the final model is trained without the observed stars
+    whose out-of-fold fit contradicts a label by more than this many sigma (statistical and
+    systematic in quadrature; None: none left out); the emulator error, label systematics and Kiel
+    prior still come from every star (:func:`gsn_dask.calibration.contradicted_labels`).
+    ``seed`` fixes folds, initialisation and batches.
     """
 
     labels: tuple[str, ...] | None = None
@@ -83,6 +87,7 @@ class TrainRecipe:
     ensemble: int = 1
     label_systematics: bool = True
     label_prior: str = "auto"
+    label_outlier_z: float | None = None
 
     def __post_init__(self) -> None:
         fix = object.__setattr__  # frozen: normalise the containers once, here
@@ -91,6 +96,8 @@ class TrainRecipe:
         if not isinstance(self.hidden, int):
             fix(self, "hidden", tuple(int(h) for h in self.hidden))
         fix(self, "label_transforms", {str(k): str(v) for k, v in dict(self.label_transforms or {}).items()})
+        if self.label_outlier_z is not None:
+            fix(self, "label_outlier_z", float(self.label_outlier_z))
         if self.wavelength_range is not None:
             fix(self, "wavelength_range", tuple(float(x) for x in self.wavelength_range))
         if self.label_ranges is not None:
@@ -116,6 +123,9 @@ class TrainRecipe:
             bad.append(f"label_prior {self.label_prior!r} (use one of {LABEL_PRIOR_MODES})")
         if self.final not in FINAL_MODES:
             bad.append(f"final {self.final!r} (use one of {FINAL_MODES})")
+        if self.label_outlier_z is not None and not (self.label_outlier_z > 0 and self.folds >= 2 and self.final == "refit"):
+            bad.append(f"label_outlier_z {self.label_outlier_z!r} (must be > 0, with folds >= 2 and final 'refit': "
+                       "the out-of-fold fits decide which stars the refit leaves out)")
         bad += [f"label range {n} = ({lo}, {hi})" for n, (lo, hi) in (self.label_ranges or {}).items() if not lo <= hi]
         if self.wavelength_range is not None and not self.wavelength_range[0] < self.wavelength_range[1]:
             bad.append(f"wavelength_range {self.wavelength_range}")

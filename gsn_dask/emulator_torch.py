@@ -28,7 +28,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -540,6 +540,7 @@ def train_gsn(
     device: str | torch.device | None = None,
     threads: int | None = None,
     progress: bool = True,
+    screen: Callable[[CVFolds], tuple[np.ndarray, dict[str, Any]]] | None = None,
     **overrides: Any,
 ) -> tuple[GSN, dict[str, Any]]:
     """Train a GSN on a training cube (dataset or zarr path); returns (model, report).
@@ -550,7 +551,8 @@ def train_gsn(
     predictions give the CV residuals and the per-pixel emulator error; the final model is then
     trained on all stars for the median best epoch count. ``threads``: torch CPU threads;
     ``progress``: bars on a terminal, one line per fold and a summary line otherwise.
-    This trains only: :func:`gsn_dask.calibration.train_and_calibrate` adds the label systematics.
+    This trains only: :func:`gsn_dask.calibration.train_and_calibrate` adds the label systematics and,
+    for ``label_outlier_z``, a ``screen``: CVFolds -> (stars the final model trains on, record).
     ``report`` holds settings, timings, CV metrics, the arrays ``oof_pred``, ``fold``, ``flux``,
     ``ivar``, ``label_values``, ``wavelength``, and ``cv_folds`` (:class:`CVFolds`).
     """
@@ -576,6 +578,8 @@ def train_gsn(
     arrays = (scaler.scale(lab_in), flux, loss_weights(ivar, observed, recipe.weight_floor, recipe.synthetic_weight))
     dev = resolve_device(device)
     run = {"template": template_in, "recipe": recipe, "device": dev, "progress": progress}
+    if recipe.label_outlier_z is not None and screen is None:
+        raise ValueError("label_outlier_z needs the out-of-fold label fits: use gsn_dask.calibration.train_and_calibrate")
     with _deterministic(recipe.seed, threads):
         fold, k_list = assign_folds(lab[:, 0], recipe.folds, recipe.val_fraction, recipe.seed)
         oof, fold_info, fold_models = _cross_validate(arrays, lab_in, fold, k_list, t0=t0, **run)
@@ -584,14 +588,20 @@ def train_gsn(
         emu_err = robust_emulator_error(resid[val_mask & observed], ivar[val_mask & observed])
         t_cv = time.perf_counter() - t0
         n_final = int(max(1, np.median([e for f in fold_info for e in f["member_best_epochs"]])))
+        if flagged:  # the observed branch: the source input held at "observed", folded into the first layer
+            fold_models = [fix_label(m, SOURCE_LABEL, 1.0) for m in fold_models]
+        model_index = np.full(lab.shape[0], -1, np.int64)
+        for j, k in enumerate(k_list):
+            model_index[(fold == k) & observed] = j  # the calibration fits observed stars only
+        cv_folds = CVFolds([_with_error(m, emu_err) for m in fold_models], model_index, flux, ivar, lab, recipe.seed)
+        keep, screened = (np.ones(lab.shape[0], bool), None) if screen is None else screen(cv_folds)
         final_gsn = fold_models[0]
         if recipe.folds >= 2 and recipe.final == "refit":
-            final_gsn, _ = _train_members(arrays, np.ones(lab.shape[0], bool), None, epochs=n_final, patience=0,
+            final_gsn, _ = _train_members(arrays, keep, None, epochs=n_final, patience=0,
                                           seed0=recipe.seed, desc="final", **run)
+            if flagged:
+                final_gsn = fix_label(final_gsn, SOURCE_LABEL, 1.0)
     t_total = time.perf_counter() - t0
-    if flagged:  # the observed branch: the source input held at "observed", folded into the first layer
-        final_gsn = fix_label(final_gsn, SOURCE_LABEL, 1.0)
-        fold_models = [fix_label(m, SOURCE_LABEL, 1.0) for m in fold_models]
     metrics = cv_metrics(resid[val_mask], ivar[val_mask], emu_err)
     cfg = _config_record(data, recipe, dev, threads)
     kiel = recipe.kiel_prior_for(train_ds.attrs) and set(KIEL_LABELS) <= set(data["labels"])
@@ -601,19 +611,17 @@ def train_gsn(
         meta["ensemble"] = final_gsn.meta["ensemble"]
     if flagged:
         meta["fixed_labels"] = {SOURCE_LABEL: 1.0}
+    if screened is not None:
+        meta["training"]["label_screen"] = {**screened, "stars": [str(x) for x in np.asarray(data["star"])[~keep]]}
     model = GSN(
         hidden_layers=final_gsn.hidden_layers, W_out=final_gsn.W_out, b_out=final_gsn.b_out,
         activation=final_gsn.activation, emulator_error=emu_err, meta=meta, **template,
     )
-    model_index = np.full(lab.shape[0], -1, np.int64)
-    for j, k in enumerate(k_list):
-        model_index[(fold == k) & observed] = j  # the calibration fits observed stars only
     if kiel:
         it, ig = (model.label_names.index(n) for n in KIEL_LABELS)  # each fold model: its own training stars
         model = with_label_prior(model, lab[observed, it], lab[observed, ig])
-        fold_models = [with_label_prior(m, lab[(fold != k) & observed, it], lab[(fold != k) & observed, ig])
-                       for m, k in zip(fold_models, k_list)]
-    cv_folds = CVFolds([_with_error(m, emu_err) for m in fold_models], model_index, flux, ivar, lab, recipe.seed)
+        cv_folds.models = [with_label_prior(m, lab[(fold != k) & observed, it], lab[(fold != k) & observed, ig])
+                           for m, k in zip(cv_folds.models, k_list)]
     report = {
         "config": cfg, "recipe": recipe, "n_star": int(lab.shape[0]), "n_pix": int(n_pix), "train_time_s": t_total,
         "cv_time_s": t_cv, "final_epochs": int(n_final), "folds": fold_info, **metrics,

@@ -10,7 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from gsn_dask.calibration import MEDIAN_ABS_Z, calibrate, estimate_label_systematics, solve_sigma_sys
+from gsn_dask.calibration import MEDIAN_ABS_Z, calibrate, contradicted_labels, estimate_label_systematics, solve_sigma_sys
+from gsn_dask.emulator_data import CVFolds
 from gsn_dask.fit.config import FitConfig
 from gsn_dask.fit.result import systematics_from_record
 from gsn_dask.fit.testing import noisy_spectrum, toy_model
@@ -86,6 +87,30 @@ def test_estimate_skips_stars_without_a_fold_model(model):
     assert "binned" not in out  # too few stars for bins
 
 
+def test_contradicted_labels_finds_the_wrong_labels(model):
+    """Reference labels = truth + a modest noise, and four stars whose label is far off in one label:
+    those four (and no more than a couple of the others) are left out; unfitted stars are kept."""
+    rng = np.random.default_rng(11)
+    lo, hi = model.bounds[:, 0], model.bounds[:, 1]
+    n = 50
+    truth = lo + (hi - lo) * (0.25 + 0.5 * rng.random((n, 3)))
+    ref = truth + rng.normal(size=(n, 3)) * np.array([80.0, 0.15, 0.08])
+    wrong = {3: (0, 1500.0), 17: (1, 1.5), 29: (2, -0.9), 41: (0, -1200.0)}  # star: (label, offset)
+    for i, (k, off) in wrong.items():
+        ref[i, k] += off
+    flux, ivar = map(np.array, zip(*(draw(model, t, snr=60, seed=300 + i) for i, t in enumerate(truth))))
+    index = np.zeros(n, int)
+    index[45:] = -1  # never held out: never judged
+    ref[47, 0] += 3000.0  # ... even with a wrong label
+    keep, rec = contradicted_labels(CVFolds([model], index, flux, ivar, ref, 0), 4.0, config=FitConfig(n_coarse=256))
+    assert keep.shape == (n,) and keep[45:].all()
+    assert not keep[list(wrong)].any()
+    assert rec["n_fitted"] == 45 and 4 <= rec["n_left_out"] <= 6 and rec["n_left_out"] == int((~keep).sum())
+    assert rec["z_max"] == 4.0 and rec["left_out_by_label"]["teff"] >= 2 and rec["left_out_by_label"]["feh"] >= 1
+    keep_loose, _ = contradicted_labels(CVFolds([model], index, flux, ivar, ref, 0), 50.0, config=FitConfig(n_coarse=256))
+    assert keep_loose[:45].sum() >= 44  # a loose threshold leaves (almost) nobody out
+
+
 # ------------------------------------------------------------------ the step after training
 #: the rest trains networks: it needs the [torch] extra
 needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="training needs torch")
@@ -145,6 +170,38 @@ def test_train_and_calibrate_honours_the_recipe(tmp_path):
     rec = json.loads((tmp_path / "m" / "model.json").read_text())["label_systematics"]
     assert rec["n_star"] > 30 and rec["sigma"] == pytest.approx(rep_on["label_systematics"]["sigma"])
     assert load_model(tmp_path / "m").meta["training"]["recipe"]["label_systematics"] is True
+
+
+@needs_torch
+def test_label_outlier_z_refits_without_the_contradicted_stars(tmp_path):
+    """``label_outlier_z``: the CV, emulator error and label systematics are those of every star; only
+    the final network trains without the stars the screen leaves out, and model.json names them."""
+    from gsn_dask.calibration import train_and_calibrate
+    from gsn_dask.cube import log_lambda_grid
+    from gsn_dask.emulator import load_model
+    from gsn_dask.emulator_torch import analytic_cube, train_gsn
+
+    ds = analytic_cube(200, wavelength=log_lambda_grid(4000, 5000), snr=80, seed=3)  # enough for a usable emulator
+    teff = ds["label_teff"].values.copy()
+    teff[[5, 22]] += 3000.0  # two library labels their spectra contradict
+    ds["label_teff"] = ("star", teff)
+    kw = dict(hidden=32, epochs=100, folds=2, seed=0, threads=1, progress=False)
+    plain, _ = train_and_calibrate(ds, **kw)
+    m, rep = train_and_calibrate(ds, label_outlier_z=4.0, **kw)
+    screen = m.meta["training"]["label_screen"]
+    stars = [str(s) for s in ds["star"].values]
+    assert {stars[5], stars[22]} <= set(screen["stars"]) and screen["n_left_out"] == len(screen["stars"]) < 10
+    np.testing.assert_array_equal(m.emulator_error, plain.emulator_error)  # the CV saw every star
+    assert rep["label_systematics"]["n_star"] == plain.meta["label_systematics"]["n_star"]
+    np.testing.assert_array_equal(m.bounds, plain.bounds)  # the label box is every star's
+    assert not np.array_equal(m.W_out, plain.W_out)
+    assert "label_screen" not in plain.meta["training"]
+    m.save(tmp_path / "m")
+    assert load_model(tmp_path / "m").meta["training"]["recipe"]["label_outlier_z"] == 4.0
+    with pytest.raises(ValueError, match="label_outlier_z needs the out-of-fold"):
+        train_gsn(ds, label_outlier_z=4.0, **kw)
+    with pytest.raises(ValueError, match="label_outlier_z"):
+        train_and_calibrate(ds, label_outlier_z=4.0, **{**kw, "folds": 1})
 
 
 @needs_torch

@@ -31,6 +31,8 @@ def test_cli_defaults_are_the_default_recipe():
     assert r == DEFAULT_RECIPE.replace(label_ranges={"logg": (0, 4)}, epochs=7, label_transforms={"teff": "identity"},
                                        n_hidden_layers=2)
     assert recipe_from_args(parse("--synthetic-weight", "0.3")) == DEFAULT_RECIPE.replace(synthetic_weight=0.3)
+    assert recipe_from_args(parse("--label-outlier-z", "4")) == DEFAULT_RECIPE.replace(label_outlier_z=4)
+    assert DEFAULT_RECIPE.label_outlier_z is None  # measured, not kept (README: `gsn-dask train`)
     with pytest.raises(ValueError, match="exclude"):
         recipe_from_args(parse("--all-stars", "--label-range", "teff", "1", "2"))
 
@@ -53,6 +55,9 @@ def test_json_round_trip():
     ({"val_fraction": 1.5}, "val_fraction"),
     ({"epoch": 3}, "unknown training setting"),
     ({"synthetic_weight": 0.0}, "synthetic_weight"),
+    ({"label_outlier_z": 0.0}, "label_outlier_z"),
+    ({"label_outlier_z": 4.0, "folds": 1}, "label_outlier_z"),
+    ({"label_outlier_z": 4.0, "final": "none"}, "label_outlier_z"),
 ])
 def test_bad_recipes_are_refused(change, match):
     with pytest.raises(ValueError, match=match):

@@ -73,6 +73,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "fits off where no star lives, e.g. K dwarfs at log g 5; `gsn-dask fit --set label_prior=none` "
                         "switches it off); none: a uniform prior over the training box; auto: kiel for a library of "
                         "observed stars (MILES, also a MILES+synthetic hybrid), none for a synthetic grid")
+    p.add_argument("--label-outlier-z", type=float, default=R.label_outlier_z, metavar="Z",
+                   help="train the final model without the stars whose out-of-fold fit contradicts a label by more "
+                        "than Z sigma (library labels that their spectra disagree with); the emulator error, label "
+                        "systematics and Kiel prior still use every star (model.json: training.label_screen)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model in MODEL_DIR")
     p.add_argument("--no-figure", action="store_true", help="skip diagnostics.png")
     p.add_argument("--no-progress", action="store_true",
@@ -112,6 +116,7 @@ def recipe_from_args(args: argparse.Namespace) -> TrainRecipe:
         mask_telluric=args.mask_telluric,
         label_systematics=not args.no_label_systematics,
         label_prior=args.label_prior,
+        label_outlier_z=args.label_outlier_z,
     )
 
 
@@ -155,6 +160,8 @@ def run(args: argparse.Namespace) -> int:
                               if systematics else None),
         "label_prior": (f"kiel (p(log g | Teff) of {model.meta['label_prior']['n_star']} stars)"
                         if model.meta.get("label_prior") else "none"),
+        "label_screen": (f"{screen['n_left_out']} of {screen['n_fitted']} stars left out of the final model "
+                         f"(|z| > {screen['z_max']:g})" if (screen := model.meta["training"].get("label_screen")) else "none"),
         "train_time_s": round(rep["train_time_s"], 1),
         "diagnostics": str(fig) if fig else None,
     }
