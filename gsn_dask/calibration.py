@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -195,14 +195,17 @@ def estimate_label_systematics(
     return out
 
 
-def contradicted_labels(cv_folds: CVFolds, z_max: float, *, config: FitConfig | None = None,
+def contradicted_labels(cv_folds: CVFolds, z_max: float | Mapping[str, float], *, config: FitConfig | None = None,
                         progress: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
     """Training stars whose spectra contradict their labels, for a training that leaves them out
     (recipe ``label_outlier_z``). Every star a fold model held out is fitted by it (as in
     :func:`estimate_label_systematics`, all of them); per label, ``z = (fit - label) /
-    hypot(sigma_stat, sigma_sys)`` with ``sigma_sys`` solved from these fits. Returns (keep
-    (n_star,) bool: False where |z| > ``z_max`` in any label; stars not fitted are kept, and a
+    hypot(sigma_stat, sigma_sys)`` with ``sigma_sys`` solved from these fits. ``z_max``: one
+    threshold for every label, or label -> threshold (other labels are not judged). Returns (keep
+    (n_star,) bool: False where |z| > the threshold in any label; stars not fitted are kept, and a
     record: ``z_max``, ``n_fitted``, ``n_left_out``, ``left_out_by_label``)."""
+    names = list(cv_folds.models[0].label_names)
+    limit = np.array([float(z_max.get(n, np.inf)) if isinstance(z_max, Mapping) else float(z_max) for n in names])
     cfg = (config or FitConfig()).replace(label_systematics=False, label_prior="none")
     labels = np.asarray(cv_folds.labels, dtype=np.float64)
     idx = np.flatnonzero(np.asarray(cv_folds.model_index) >= 0)
@@ -212,14 +215,13 @@ def contradicted_labels(cv_folds: CVFolds, z_max: float, *, config: FitConfig | 
     ok = np.all(np.isfinite(delta) & np.isfinite(sd), axis=1)
     sig = np.array([solve_sigma_sys(delta[ok, k], sd[ok, k]) for k in range(delta.shape[1])])
     with np.errstate(divide="ignore", invalid="ignore"):
-        over = ok[:, None] & (np.abs(delta) / np.hypot(sd, sig) > float(z_max))
+        over = ok[:, None] & (np.abs(delta) / np.hypot(sd, sig) > limit)
     keep = np.ones(labels.shape[0], dtype=bool)
     keep[idx[over.any(axis=1)]] = False
-    names = list(cv_folds.models[0].label_names)
-    record = {"z_max": float(z_max), "n_fitted": int(ok.sum()), "n_left_out": int((~keep).sum()),
-              "left_out_by_label": {n: int(over[:, k].sum()) for k, n in enumerate(names)}}
+    record = {"z_max": dict(z_max) if isinstance(z_max, Mapping) else float(z_max), "n_fitted": int(ok.sum()),
+              "n_left_out": int((~keep).sum()), "left_out_by_label": {n: int(over[:, k].sum()) for k, n in enumerate(names)}}
     _note(progress, f"label screen: {record['n_left_out']} of {record['n_fitted']} stars contradict a label by more than "
-                    f"{z_max:g} sigma ({', '.join(f'{n} {v}' for n, v in record['left_out_by_label'].items())}): "
+                    f"{z_max} sigma ({', '.join(f'{n} {v}' for n, v in record['left_out_by_label'].items())}): "
                     "the final model trains without them")
     return keep, record
 

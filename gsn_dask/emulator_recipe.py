@@ -58,7 +58,7 @@ class TrainRecipe:
     synthetic grid (whose labels are a design, not a population); a mixed cube (``MILES+synthetic``)
     counts as observed. ``label_outlier_z``: the final model is trained without the observed stars
     whose out-of-fold fit contradicts a label by more than this many sigma (statistical and
-    systematic in quadrature; None: none left out); the emulator error, label systematics and Kiel
+    systematic in quadrature; a mapping label -> sigma judges only those labels; None: none left out); the emulator error, label systematics and Kiel
     prior still come from every star (:func:`gsn_dask.calibration.contradicted_labels`).
     ``seed`` fixes folds, initialisation and batches.
     """
@@ -87,7 +87,7 @@ class TrainRecipe:
     ensemble: int = 1
     label_systematics: bool = True
     label_prior: str = "auto"
-    label_outlier_z: float | None = None
+    label_outlier_z: float | Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
         fix = object.__setattr__  # frozen: normalise the containers once, here
@@ -96,7 +96,9 @@ class TrainRecipe:
         if not isinstance(self.hidden, int):
             fix(self, "hidden", tuple(int(h) for h in self.hidden))
         fix(self, "label_transforms", {str(k): str(v) for k, v in dict(self.label_transforms or {}).items()})
-        if self.label_outlier_z is not None:
+        if isinstance(self.label_outlier_z, Mapping):
+            fix(self, "label_outlier_z", {str(k): float(v) for k, v in self.label_outlier_z.items()})
+        elif self.label_outlier_z is not None:
             fix(self, "label_outlier_z", float(self.label_outlier_z))
         if self.wavelength_range is not None:
             fix(self, "wavelength_range", tuple(float(x) for x in self.wavelength_range))
@@ -123,7 +125,8 @@ class TrainRecipe:
             bad.append(f"label_prior {self.label_prior!r} (use one of {LABEL_PRIOR_MODES})")
         if self.final not in FINAL_MODES:
             bad.append(f"final {self.final!r} (use one of {FINAL_MODES})")
-        if self.label_outlier_z is not None and not (self.label_outlier_z > 0 and self.folds >= 2 and self.final == "refit"):
+        zs = self.label_outlier_z.values() if isinstance(self.label_outlier_z, Mapping) else [self.label_outlier_z]
+        if self.label_outlier_z is not None and not (zs and min(zs) > 0 and self.folds >= 2 and self.final == "refit"):
             bad.append(f"label_outlier_z {self.label_outlier_z!r} (must be > 0, with folds >= 2 and final 'refit': "
                        "the out-of-fold fits decide which stars the refit leaves out)")
         bad += [f"label range {n} = ({lo}, {hi})" for n, (lo, hi) in (self.label_ranges or {}).items() if not lo <= hi]

@@ -578,8 +578,8 @@ def train_gsn(
     arrays = (scaler.scale(lab_in), flux, loss_weights(ivar, observed, recipe.weight_floor, recipe.synthetic_weight))
     dev = resolve_device(device)
     run = {"template": template_in, "recipe": recipe, "device": dev, "progress": progress}
-    if recipe.label_outlier_z is not None and screen is None:
-        raise ValueError("label_outlier_z needs the out-of-fold label fits: use gsn_dask.calibration.train_and_calibrate")
+    if (z := recipe.label_outlier_z) is not None and (screen is None or not set(z if isinstance(z, dict) else ()) <= set(data["labels"])):
+        raise ValueError(f"label_outlier_z {z} needs gsn_dask.calibration.train_and_calibrate and labels among {data['labels']}")
     with _deterministic(recipe.seed, threads):
         fold, k_list = assign_folds(lab[:, 0], recipe.folds, recipe.val_fraction, recipe.seed)
         oof, fold_info, fold_models = _cross_validate(arrays, lab_in, fold, k_list, t0=t0, **run)

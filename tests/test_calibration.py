@@ -198,8 +198,13 @@ def test_label_outlier_z_refits_without_the_contradicted_stars(tmp_path):
     assert "label_screen" not in plain.meta["training"]
     m.save(tmp_path / "m")
     assert load_model(tmp_path / "m").meta["training"]["recipe"]["label_outlier_z"] == 4.0
-    with pytest.raises(ValueError, match="label_outlier_z needs the out-of-fold"):
+    with pytest.raises(ValueError, match="label_outlier_z 4.0 needs"):
         train_gsn(ds, label_outlier_z=4.0, **kw)
+    with pytest.raises(ValueError, match="labels among"):  # refused before any training
+        train_and_calibrate(ds, label_outlier_z={"alpha_fe": 4.0}, **kw)
+    only_feh, _ = train_and_calibrate(ds, label_outlier_z={"feh": 4.0}, **kw)  # Teff is not judged
+    assert only_feh.meta["training"]["label_screen"]["left_out_by_label"]["teff"] == 0
+    assert not {stars[5], stars[22]} & set(only_feh.meta["training"]["label_screen"]["stars"])
     with pytest.raises(ValueError, match="label_outlier_z"):
         train_and_calibrate(ds, label_outlier_z=4.0, **{**kw, "folds": 1})
 

@@ -32,6 +32,7 @@ def test_cli_defaults_are_the_default_recipe():
                                        n_hidden_layers=2)
     assert recipe_from_args(parse("--synthetic-weight", "0.3")) == DEFAULT_RECIPE.replace(synthetic_weight=0.3)
     assert recipe_from_args(parse("--label-outlier-z", "4")) == DEFAULT_RECIPE.replace(label_outlier_z=4)
+    assert recipe_from_args(parse("--label-outlier-z", "teff=4,feh=3.5")).label_outlier_z == {"teff": 4.0, "feh": 3.5}
     assert DEFAULT_RECIPE.label_outlier_z is None  # measured, not kept (README: `gsn-dask train`)
     with pytest.raises(ValueError, match="exclude"):
         recipe_from_args(parse("--all-stars", "--label-range", "teff", "1", "2"))
@@ -56,6 +57,7 @@ def test_json_round_trip():
     ({"epoch": 3}, "unknown training setting"),
     ({"synthetic_weight": 0.0}, "synthetic_weight"),
     ({"label_outlier_z": 0.0}, "label_outlier_z"),
+    ({"label_outlier_z": {"teff": -1}}, "label_outlier_z"),
     ({"label_outlier_z": 4.0, "folds": 1}, "label_outlier_z"),
     ({"label_outlier_z": 4.0, "final": "none"}, "label_outlier_z"),
 ])

@@ -73,15 +73,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "fits off where no star lives, e.g. K dwarfs at log g 5; `gsn-dask fit --set label_prior=none` "
                         "switches it off); none: a uniform prior over the training box; auto: kiel for a library of "
                         "observed stars (MILES, also a MILES+synthetic hybrid), none for a synthetic grid")
-    p.add_argument("--label-outlier-z", type=float, default=R.label_outlier_z, metavar="Z",
+    p.add_argument("--label-outlier-z", type=_outlier_z, default=R.label_outlier_z, metavar="Z",
                    help="train the final model without the stars whose out-of-fold fit contradicts a label by more "
-                        "than Z sigma (library labels that their spectra disagree with); the emulator error, label "
-                        "systematics and Kiel prior still use every star (model.json: training.label_screen)")
+                        "than Z sigma (library labels that their spectra disagree with; Z, or NAME=Z,... to judge only "
+                        "those labels, e.g. teff=4,feh=4); the emulator error, label systematics and Kiel prior still "
+                        "use every star (model.json: training.label_screen)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model in MODEL_DIR")
     p.add_argument("--no-figure", action="store_true", help="skip diagnostics.png")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress output (by default: bars on a terminal, one line per stage in a log)")
     p.set_defaults(func=run)
+
+
+def _outlier_z(text: str) -> float | dict[str, float]:
+    """``--label-outlier-z``: ``4`` (every label) or ``teff=4,feh=4`` (those labels)."""
+    if "=" not in text:
+        return float(text)
+    pairs = [part.split("=", 1) for part in text.split(",") if part.strip()]
+    return {name.strip(): float(z) for name, z in pairs}
 
 
 def recipe_from_args(args: argparse.Namespace) -> TrainRecipe:
@@ -161,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         "label_prior": (f"kiel (p(log g | Teff) of {model.meta['label_prior']['n_star']} stars)"
                         if model.meta.get("label_prior") else "none"),
         "label_screen": (f"{screen['n_left_out']} of {screen['n_fitted']} stars left out of the final model "
-                         f"(|z| > {screen['z_max']:g})" if (screen := model.meta["training"].get("label_screen")) else "none"),
+                         f"(|z| > {screen['z_max']})" if (screen := model.meta["training"].get("label_screen")) else "none"),
         "train_time_s": round(rep["train_time_s"], 1),
         "diagnostics": str(fig) if fig else None,
     }
