@@ -118,6 +118,19 @@ def out_of_fold_fits(models: Sequence[Any], flux: np.ndarray, ivar: np.ndarray, 
     return fit, sd
 
 
+def _held_out_deltas(models: Sequence[Any], flux: np.ndarray, ivar: np.ndarray, labels: np.ndarray,
+                     model_index: np.ndarray, idx: np.ndarray, config: FitConfig | None,
+                     progress: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(fit, sd, delta = fit - label, ok = rows all finite), each (len(idx), n_label) but ok: the
+    stars ``idx`` fitted by their fold models (:func:`out_of_fold_fits`; ``config`` without label
+    systematics or prior, default :class:`FitConfig`)."""
+    cfg = (config or FitConfig()).replace(label_systematics=False, label_prior="none")
+    fit, sd = out_of_fold_fits(models, np.asarray(flux, dtype=np.float64), np.asarray(ivar, dtype=np.float64),
+                               model_index, idx, cfg, progress=progress)
+    delta = fit - np.asarray(labels, dtype=np.float64)[idx]
+    return fit, sd, delta, np.all(np.isfinite(delta) & np.isfinite(sd), axis=1)
+
+
 def estimate_label_systematics(
     models: Sequence[Any],
     flux: np.ndarray,
@@ -143,18 +156,12 @@ def estimate_label_systematics(
     and after (``z_std_total``) the correction, ``n_star`` and the method; and, when the label
     ``by`` exists and there are at least 2 x ``min_per_bin`` stars, ``binned``: sigma per label
     in up to ``max_bins`` quantile bins of the fitted ``by`` label (``edges``, ``n_star``)."""
-    cfg = (config or FitConfig()).replace(label_systematics=False, label_prior="none")
-    flux = np.asarray(flux, dtype=np.float64)
-    ivar = np.asarray(ivar, dtype=np.float64)
-    labels = np.asarray(labels, dtype=np.float64)
     idx = np.flatnonzero(np.asarray(model_index) >= 0)
     if max_stars is not None and idx.size > max_stars:
         idx = np.sort(np.random.default_rng(seed).choice(idx, size=int(max_stars), replace=False))
     names = list(models[0].label_names)
     t0 = time.perf_counter()
-    fit, sd = out_of_fold_fits(models, flux, ivar, model_index, idx, cfg, progress=progress)
-    delta = fit - labels[idx]
-    ok = np.all(np.isfinite(delta) & np.isfinite(sd), axis=1)
+    fit, sd, delta, ok = _held_out_deltas(models, flux, ivar, labels, model_index, idx, config, progress)
     sigma, bias, z0, z1 = {}, {}, {}, {}
     for k, n in enumerate(names):
         d, s = delta[ok, k], sd[ok, k]
@@ -206,17 +213,13 @@ def contradicted_labels(cv_folds: CVFolds, z_max: float | Mapping[str, float], *
     record: ``z_max``, ``n_fitted``, ``n_left_out``, ``left_out_by_label``)."""
     names = list(cv_folds.models[0].label_names)
     limit = np.array([float(z_max.get(n, np.inf)) if isinstance(z_max, Mapping) else float(z_max) for n in names])
-    cfg = (config or FitConfig()).replace(label_systematics=False, label_prior="none")
-    labels = np.asarray(cv_folds.labels, dtype=np.float64)
     idx = np.flatnonzero(np.asarray(cv_folds.model_index) >= 0)
-    fit, sd = out_of_fold_fits(cv_folds.models, np.asarray(cv_folds.flux, np.float64), np.asarray(cv_folds.ivar, np.float64),
-                               cv_folds.model_index, idx, cfg, progress=progress)
-    delta = fit - labels[idx]
-    ok = np.all(np.isfinite(delta) & np.isfinite(sd), axis=1)
+    _, sd, delta, ok = _held_out_deltas(cv_folds.models, cv_folds.flux, cv_folds.ivar, cv_folds.labels,
+                                        cv_folds.model_index, idx, config, progress)
     sig = np.array([solve_sigma_sys(delta[ok, k], sd[ok, k]) for k in range(delta.shape[1])])
     with np.errstate(divide="ignore", invalid="ignore"):
         over = ok[:, None] & (np.abs(delta) / np.hypot(sd, sig) > limit)
-    keep = np.ones(labels.shape[0], dtype=bool)
+    keep = np.ones(len(cv_folds.labels), dtype=bool)
     keep[idx[over.any(axis=1)]] = False
     record = {"z_max": dict(z_max) if isinstance(z_max, Mapping) else float(z_max), "n_fitted": int(ok.sum()),
               "n_left_out": int((~keep).sum()), "left_out_by_label": {n: int(over[:, k].sum()) for k, n in enumerate(names)}}
