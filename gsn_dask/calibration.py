@@ -118,17 +118,25 @@ def out_of_fold_fits(models: Sequence[Any], flux: np.ndarray, ivar: np.ndarray, 
     return fit, sd
 
 
+HeldOutFits = tuple[FitConfig, np.ndarray, np.ndarray, np.ndarray]  # (settings, sorted star indices, fit, sd)
+
+
 def _held_out_deltas(models: Sequence[Any], flux: np.ndarray, ivar: np.ndarray, labels: np.ndarray,
-                     model_index: np.ndarray, idx: np.ndarray, config: FitConfig | None,
-                     progress: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(fit, sd, delta = fit - label, ok = rows all finite), each (len(idx), n_label) but ok: the
-    stars ``idx`` fitted by their fold models (:func:`out_of_fold_fits`; ``config`` without label
-    systematics or prior, default :class:`FitConfig`)."""
+                     model_index: np.ndarray, idx: np.ndarray, config: FitConfig | None, progress: bool,
+                     done: HeldOutFits | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, HeldOutFits]:
+    """(fit, sd, delta = fit - label, ok = rows all finite, the fits as ``done``), each (len(idx),
+    n_label) but ok: the stars ``idx`` (sorted) fitted by their fold models (:func:`out_of_fold_fits`;
+    ``config`` without label systematics or prior, default :class:`FitConfig`). Fits in ``done``
+    made with the same settings are taken from it, not repeated (each star's fit is its own)."""
     cfg = (config or FitConfig()).replace(label_systematics=False, label_prior="none")
-    fit, sd = out_of_fold_fits(models, np.asarray(flux, dtype=np.float64), np.asarray(ivar, dtype=np.float64),
-                               model_index, idx, cfg, progress=progress)
+    if done is not None and done[0] == cfg and np.isin(idx, done[1]).all():
+        rows = np.searchsorted(done[1], idx)
+        fit, sd = done[2][rows], done[3][rows]
+    else:
+        fit, sd = out_of_fold_fits(models, np.asarray(flux, dtype=np.float64), np.asarray(ivar, dtype=np.float64),
+                                   model_index, idx, cfg, progress=progress)
     delta = fit - np.asarray(labels, dtype=np.float64)[idx]
-    return fit, sd, delta, np.all(np.isfinite(delta) & np.isfinite(sd), axis=1)
+    return fit, sd, delta, np.all(np.isfinite(delta) & np.isfinite(sd), axis=1), (cfg, idx, fit, sd)
 
 
 def estimate_label_systematics(
@@ -145,6 +153,7 @@ def estimate_label_systematics(
     max_bins: int = 5,
     min_per_bin: int = 60,
     progress: bool = False,
+    done: HeldOutFits | None = None,
 ) -> dict[str, Any]:
     """Per-label systematic sigma from held-out fits (module docstring).
 
@@ -155,13 +164,14 @@ def estimate_label_systematics(
     ``bias`` (median fit - label) per label name, the robust z spread before (``z_std_stat``)
     and after (``z_std_total``) the correction, ``n_star`` and the method; and, when the label
     ``by`` exists and there are at least 2 x ``min_per_bin`` stars, ``binned``: sigma per label
-    in up to ``max_bins`` quantile bins of the fitted ``by`` label (``edges``, ``n_star``)."""
+    in up to ``max_bins`` quantile bins of the fitted ``by`` label (``edges``, ``n_star``).
+    ``done``: held-out fits already made (:attr:`CVFolds.fits`), reused where they cover these stars."""
     idx = np.flatnonzero(np.asarray(model_index) >= 0)
     if max_stars is not None and idx.size > max_stars:
         idx = np.sort(np.random.default_rng(seed).choice(idx, size=int(max_stars), replace=False))
     names = list(models[0].label_names)
     t0 = time.perf_counter()
-    fit, sd, delta, ok = _held_out_deltas(models, flux, ivar, labels, model_index, idx, config, progress)
+    fit, sd, delta, ok, _ = _held_out_deltas(models, flux, ivar, labels, model_index, idx, config, progress, done)
     sigma, bias, z0, z1 = {}, {}, {}, {}
     for k, n in enumerate(names):
         d, s = delta[ok, k], sd[ok, k]
@@ -210,12 +220,13 @@ def contradicted_labels(cv_folds: CVFolds, z_max: float | Mapping[str, float], *
     hypot(sigma_stat, sigma_sys)`` with ``sigma_sys`` solved from these fits. ``z_max``: one
     threshold for every label, or label -> threshold (other labels are not judged). Returns (keep
     (n_star,) bool: False where |z| > the threshold in any label; stars not fitted are kept, and a
-    record: ``z_max``, ``n_fitted``, ``n_left_out``, ``left_out_by_label``)."""
+    record: ``z_max``, ``n_fitted``, ``n_left_out``, ``left_out_by_label``). The fits stay in
+    ``cv_folds.fits`` for :func:`calibrate`."""
     names = list(cv_folds.models[0].label_names)
     limit = np.array([float(z_max.get(n, np.inf)) if isinstance(z_max, Mapping) else float(z_max) for n in names])
     idx = np.flatnonzero(np.asarray(cv_folds.model_index) >= 0)
-    _, sd, delta, ok = _held_out_deltas(cv_folds.models, cv_folds.flux, cv_folds.ivar, cv_folds.labels,
-                                        cv_folds.model_index, idx, config, progress)
+    _, sd, delta, ok, cv_folds.fits = _held_out_deltas(cv_folds.models, cv_folds.flux, cv_folds.ivar, cv_folds.labels,
+                                                       cv_folds.model_index, idx, config, progress, cv_folds.fits)
     sig = np.array([solve_sigma_sys(delta[ok, k], sd[ok, k]) for k in range(delta.shape[1])])
     with np.errstate(divide="ignore", invalid="ignore"):
         over = ok[:, None] & (np.abs(delta) / np.hypot(sd, sig) > limit)
@@ -241,7 +252,7 @@ def calibrate(model: GSN, cv_folds: CVFolds, *, config: FitConfig | None = None,
         raise ValueError(f"fold models emulate {cv_folds.models[0].label_names}, the model {model.label_names}")
     record = estimate_label_systematics(
         cv_folds.models, cv_folds.flux, cv_folds.ivar, cv_folds.labels, cv_folds.model_index,
-        config=config, seed=cv_folds.seed, progress=progress,
+        config=config, seed=cv_folds.seed, progress=progress, done=cv_folds.fits,
     )
     model.meta["label_systematics"] = record
     return record

@@ -355,7 +355,8 @@ class CVFolds:
     ``model_index == j`` (-1: no fold model held the star out); ``flux``/``ivar`` (n_star, n_pix)
     are the normalised training spectra on the model grid, ``labels`` (n_star, n_label) their
     reference labels (physical units), ``seed`` the training seed. The calibration step
-    (:mod:`gsn_dask.calibration`) fits the held-out stars with these models."""
+    (:mod:`gsn_dask.calibration`) fits the held-out stars with these models; ``fits`` keeps the
+    first such fits (the fit settings, star indices, labels and sigmas) so that a later step reuses them."""
 
     models: list[GSN]
     model_index: np.ndarray
@@ -363,6 +364,7 @@ class CVFolds:
     ivar: np.ndarray
     labels: np.ndarray
     seed: int
+    fits: tuple[Any, np.ndarray, np.ndarray, np.ndarray] | None = None
 
 
 __all__ = [

@@ -154,6 +154,32 @@ def test_calibrate_stores_the_record_and_is_deterministic(trained):
 
 
 @needs_torch
+def test_calibration_reuses_the_screens_fits(trained, monkeypatch):
+    """After the label screen the calibration takes its fits, not new ones: the same record."""
+    import copy
+    import dataclasses
+
+    import gsn_dask.calibration as cal
+
+    _, model, rep = trained
+    cv = dataclasses.replace(rep["cv_folds"])
+    cfg = FitConfig(n_coarse=128, n_starts=1)
+    fresh = calibrate(copy.deepcopy(model), cv, config=cfg)
+    assert cv.fits is None
+    contradicted_labels(cv, 50.0, config=cfg)
+    assert cv.fits is not None and len(cv.fits[1]) == int((cv.model_index >= 0).sum())
+
+    def no_new_fits(*a, **k):
+        raise AssertionError("the calibration fitted the stars again")
+
+    monkeypatch.setattr(cal, "out_of_fold_fits", no_new_fits)
+    reused = calibrate(copy.deepcopy(model), cv, config=cfg)
+    assert {k: v for k, v in reused.items() if k != "time_s"} == {k: v for k, v in fresh.items() if k != "time_s"}
+    with pytest.raises(AssertionError, match="fitted the stars again"):  # other settings: fitted anew
+        calibrate(copy.deepcopy(model), cv, config=cfg.replace(n_starts=2))
+
+
+@needs_torch
 def test_train_and_calibrate_honours_the_recipe(tmp_path):
     from gsn_dask.calibration import train_and_calibrate
     from gsn_dask.cube import log_lambda_grid
