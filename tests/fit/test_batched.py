@@ -117,7 +117,7 @@ def test_log_prob_matches_spectrum_posterior(small, cfg):
         lp = bp.log_prob(torch.as_tensor(th)).numpy()
         fin = np.isfinite(ref)
         assert 5 < fin.sum() < ref.size and np.array_equal(np.isfinite(lp), fin)
-        np.testing.assert_allclose(lp[fin], ref[fin], rtol=2e-7, atol=2e-3)
+        np.testing.assert_allclose(lp[fin], ref[fin], rtol=1e-6, atol=2e-3)  # float32 sums of ~3000 px
     # residuals: sum r^2 = chi2 - 2 log prior
     r = bp.residuals(torch.as_tensor(th[:, :1])).numpy()
     np.testing.assert_allclose(-0.5 * (r**2).sum(-1)[:, 0], ref[:, 0], rtol=1e-6)
