@@ -1,10 +1,10 @@
 """Does a trained GSN read its own library's spectra on the library's label scale, per stellar class?
 
 Issue 15: against LASP, our LAMOST Teff lies +613 K above for stars hotter than 7000 K and +199 K
-above for K/M dwarfs (``gsn-dask validate``'s class table). This trains the README path's model
-(``gsn-dask train``'s recipe and seed) and fits every training star with the cross-validation fold
+above for K/M dwarfs (``gsn-dask validate``'s class table). This trains the README path's network
+(``gsn-dask train``'s recipe and seed; the calibration step is skipped, it changes no weight) and fits every training star with the cross-validation fold
 model that did not see it (MAP, no label systematics, no Kiel prior: the calibration's fit), then
-prints per class of the library label (the classes of ``validate``) the median and 1.4826 MAD of
+prints per class of the library label (``validate``'s :data:`~gsn_dask.validate.stats.STELLAR_CLASSES`) the median and 1.4826 MAD of
 fit - label. Near-zero medians mean the class offsets on LAMOST are not the network misreading the
 library: they come from the survey's spectra or from the two catalogues' scales.
 
@@ -26,24 +26,19 @@ from _common import mad_std
 OUT = Path(__file__).resolve().parent / "results" / "cv_classes.json"
 
 
-def classes(teff: np.ndarray, logg: np.ndarray) -> dict[str, np.ndarray]:
-    """The stellar classes of ``gsn-dask validate``'s class table, by the library labels."""
-    return {"hot (Teff >= 7000 K)": teff >= 7000, "F/G dwarfs (5300-7000 K, log g >= 3.8)": (teff >= 5300) & (teff < 7000) & (logg >= 3.8),
-            "K/M dwarfs (< 5300 K, log g >= 3.8)": (teff < 5300) & (logg >= 3.8),
-            "giants, subgiants (< 7000 K, log g < 3.8)": (teff < 7000) & (logg < 3.8)}
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cube", type=Path, required=True, help="training cube (gsn-dask grid miles)")
     ap.add_argument("--seed", type=int, default=0, help="training seed (gsn-dask train --seed)")
     ap.add_argument("--save", type=Path, default=OUT)
     a = ap.parse_args(argv)
-    from gsn_dask.calibration import out_of_fold_fits, train_and_calibrate
+    from gsn_dask.calibration import out_of_fold_fits
     from gsn_dask.cube import open_spectra
+    from gsn_dask.emulator_torch import train_gsn
     from gsn_dask.fit.config import FitConfig
+    from gsn_dask.validate.stats import stellar_classes
 
-    model, rep = train_and_calibrate(open_spectra(a.cube), threads=1, progress=False, seed=a.seed)
+    model, rep = train_gsn(open_spectra(a.cube), threads=1, progress=False, seed=a.seed)  # the calibration adds no weight
     cv = rep["cv_folds"]
     idx = np.flatnonzero(cv.model_index >= 0)
     cfg = FitConfig().replace(label_systematics=False, label_prior="none")
@@ -53,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     ok = np.all(np.isfinite(delta), axis=1)
     lab = cv.labels[idx]
     out: dict = {"cube": str(a.cube), "seed": a.seed, "model_id": model.model_id, "n_fitted": int(ok.sum()), "classes": {}}
-    for cname, sel in classes(lab[:, names.index("teff")], lab[:, names.index("logg")]).items():
+    for cname, sel in stellar_classes(lab[:, names.index("teff")], lab[:, names.index("logg")]).items():
         s = sel & ok
         row = {"n": int(s.sum()), **{n: {"bias": float(np.median(delta[s, k])), "mad_std": mad_std(delta[s, k])}
                                      for k, n in enumerate(names)}}

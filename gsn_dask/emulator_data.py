@@ -356,7 +356,7 @@ class CVFolds:
     are the normalised training spectra on the model grid, ``labels`` (n_star, n_label) their
     reference labels (physical units), ``seed`` the training seed. The calibration step
     (:mod:`gsn_dask.calibration`) fits the held-out stars with these models; ``fits`` keeps the
-    first such fits (the fit settings, star indices, labels and sigmas) so that a later step reuses them."""
+    first such fits (the fit settings, star indices, fitted labels and their sigmas) so that a later step reuses them."""
 
     models: list[GSN]
     model_index: np.ndarray

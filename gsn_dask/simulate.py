@@ -9,7 +9,8 @@ emulator error (so the fit's likelihood describes the data exactly). The true la
 ``label_*``, the true rv as ``rv_catalog`` and the S/N as ``snr``.
 
 A star's spectrum depends only on ``seed`` and its index: the cube is written chunk by chunk by
-Dask (bounded memory; 10^5 stars x 3000 px is ~2.4 GB of zarr); the chunking does not change it.
+Dask (bounded memory; 10^5 stars x 3000 px is ~2.4 GB of zarr); the chunking does not change it
+beyond float32 rounding (on some CPUs, e.g. AMD EPYC, BLAS rounds the last bit with the chunk's shape).
 """
 from __future__ import annotations
 
