@@ -240,6 +240,38 @@ def contradicted_labels(cv_folds: CVFolds, z_max: float | Mapping[str, float], *
     return keep, record
 
 
+def refined_labels(cv_folds: CVFolds, share: float | Mapping[str, float], *, config: FitConfig | None = None,
+                   progress: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+    """Errors-in-variables training labels (recipe ``label_noise_share``). Every star a fold model
+    held out is fitted by it (as in :func:`contradicted_labels`); per label the fit-versus-label
+    variance beyond noise, ``sigma_sys**2``, is split into the labels' share ``s`` and the model's
+    ``1 - s``, and each label moves to the precision-weighted mean of itself and its fit:
+    ``label + w * (fit - label)``, ``w = s * sigma_sys**2 / (sigma_sys**2 + sigma_stat**2)``.
+    ``share``: one value for every label, or label -> value (other labels stay). Stars not fitted
+    keep their labels; no label leaves the training box. Returns (labels (n_star, n_label), record: ``share``, ``n_fitted``,
+    ``sigma_sys``, and per label the median and 90th percentile of |move|)."""
+    names = list(cv_folds.models[0].label_names)
+    s = np.array([float(share.get(n, 0.0)) if isinstance(share, Mapping) else float(share) for n in names])
+    idx = np.flatnonzero(np.asarray(cv_folds.model_index) >= 0)
+    _, sd, delta, ok, cv_folds.fits = _held_out_deltas(cv_folds.models, cv_folds.flux, cv_folds.ivar, cv_folds.labels,
+                                                       cv_folds.model_index, idx, config, progress, cv_folds.fits)
+    sig = np.array([solve_sigma_sys(delta[ok, k], sd[ok, k]) for k in range(delta.shape[1])])
+    w = s * sig**2 / (sig**2 + sd**2)
+    given = np.asarray(cv_folds.labels, dtype=np.float64)
+    labels = given.copy()
+    labels[idx] += np.where(ok[:, None] & np.isfinite(w), w * delta, 0.0)
+    bounds = np.asarray(cv_folds.models[0].bounds, dtype=np.float64)  # the training box stays the given labels'
+    labels = np.clip(labels, bounds[:, 0], bounds[:, 1])
+    moved = np.abs(labels - given)[idx[ok]]
+    record = {"share": dict(share) if isinstance(share, Mapping) else float(share), "n_fitted": int(ok.sum()),
+              "sigma_sys": {n: float(v) for n, v in zip(names, sig)},
+              "move_median": {n: float(np.median(moved[:, k])) if moved.size else 0.0 for k, n in enumerate(names)},
+              "move_p90": {n: float(np.quantile(moved[:, k], 0.9)) if moved.size else 0.0 for k, n in enumerate(names)}}
+    _note(progress, f"errors in variables: {record['n_fitted']} stars' labels moved toward their out-of-fold fits "
+                    f"(median |move| {', '.join(f'{n} {v:.3g}' for n, v in record['move_median'].items())})")
+    return labels, record
+
+
 def calibrate(model: GSN, cv_folds: CVFolds, *, config: FitConfig | None = None, progress: bool = False) -> dict[str, Any]:
     """Measure the label systematics of a freshly trained ``model`` from its cross-validation
     (``cv_folds``, from :func:`gsn_dask.emulator_torch.train_gsn`'s report) and store the record
@@ -270,19 +302,23 @@ def train_and_calibrate(
     """What ``gsn-dask train`` does: :func:`gsn_dask.emulator_torch.train_gsn` with ``recipe``
     (default :data:`~gsn_dask.emulator_recipe.DEFAULT_RECIPE`) and ``overrides``, then, when the
     recipe's ``label_systematics`` is on, :func:`calibrate`; with ``label_outlier_z`` the final model
-    trains without the stars :func:`contradicted_labels` finds. Returns (model, report); the
+    trains without the stars :func:`contradicted_labels` finds, with ``label_noise_share`` on the
+    labels of :func:`refined_labels`. Returns (model, report); the
     report's ``label_systematics`` is the record (None when skipped). Needs torch."""
     from .emulator_torch import train_gsn
 
     recipe = (recipe or DEFAULT_RECIPE).replace(**overrides)
-    z_max = recipe.label_outlier_z
+    z_max, share = recipe.label_outlier_z, recipe.label_noise_share
     screen = None if z_max is None else (lambda cv: contradicted_labels(cv, z_max, progress=progress))
-    model, report = train_gsn(train_ds, recipe, device=device, threads=threads, progress=progress, screen=screen)
+    relabel = None if share is None else (lambda cv: refined_labels(cv, share, progress=progress))
+    model, report = train_gsn(train_ds, recipe, device=device, threads=threads, progress=progress, screen=screen,
+                              relabel=relabel)
     report["label_systematics"] = None
     if report["recipe"].label_systematics:
         report["label_systematics"] = calibrate(model, report["cv_folds"], progress=progress)
     return model, report
 
 
-__all__ = ["MEDIAN_ABS_Z", "calibrate", "contradicted_labels", "estimate_label_systematics", "out_of_fold_fits", "solve_sigma_sys",
+__all__ = ["MEDIAN_ABS_Z", "calibrate", "contradicted_labels", "estimate_label_systematics", "out_of_fold_fits", "refined_labels",
+           "solve_sigma_sys",
            "train_and_calibrate"]

@@ -9,7 +9,9 @@ is :mod:`gsn_dask.emulator_torch`.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,7 @@ import numpy as np
 import xarray as xr
 
 from .emulator import GSN, default_normalisation
+from .emulator_recipe import DEFAULT_RECIPE, TrainRecipe
 from .labels import canonical_order
 
 #: chi^2 with one degree of freedom: median (used by the robust emulator-error estimate).
@@ -367,6 +370,52 @@ class CVFolds:
     fits: tuple[Any, np.ndarray, np.ndarray, np.ndarray] | None = None
 
 
+def training_config_record(data: dict[str, Any], recipe: TrainRecipe, device: Any, threads: int | None) -> dict:
+    """``model.json`` ``training.config``: the recipe as resolved for this cube, plus device/threads."""
+    names = data["labels"]
+    return {
+        "labels": names, "hidden": recipe.hidden_widths, "activation": recipe.activation,
+        "label_transforms": {nm: recipe.label_transforms.get(nm, "identity") for nm in names},
+        "epochs": recipe.epochs, "batch_size": recipe.batch_size, "lr": recipe.lr,
+        "weight_decay": recipe.weight_decay, "dropout": recipe.dropout, "patience": recipe.patience,
+        "folds": recipe.folds, "val_fraction": recipe.val_fraction, "weight_floor": recipe.weight_floor,
+        "seed": recipe.seed, "device": str(device), "threads": threads, "wavelength_range": recipe.wavelength_range,
+        "label_ranges": recipe.label_ranges, "mask_telluric": recipe.mask_telluric, "final": recipe.final,
+        "ensemble": int(recipe.ensemble), "label_systematics": bool(recipe.label_systematics),
+    }
+
+
+def training_meta(
+    data: dict[str, Any], recipe: TrainRecipe, cfg: dict, cube_path: str | None, metrics: dict[str, float],
+    fold_info: list[dict[str, Any]], n_final: int, t_total: float,
+) -> dict[str, Any]:
+    """The provenance part of ``model.json``: package version, training set and settings, CV."""
+    from ._version import __version__
+
+    attrs = data["attrs"]
+    return {
+        "package_version": __version__,
+        "training": {
+            "cube_path": cube_path,
+            "n_star_cube": data["n_star_cube"],
+            "n_star": int(data["label_values"].shape[0]),
+            "n_synthetic": int(np.sum(data["synthetic"])),
+            "labels_sha256": hashlib.sha256(np.ascontiguousarray(data["label_values"], "<f8").tobytes()).hexdigest(),
+            "cube_source": attrs.get("source"),
+            "cube_version": attrs.get("version") or attrs.get("source_version"),
+            "cube_gsn_dask_version": attrs.get("gsn_dask_version"),
+            "cube_schema": attrs.get("schema"),
+            "config": cfg,
+            "recipe": recipe.to_json(),
+            "recipe_is_default": recipe == DEFAULT_RECIPE,
+            "final_epochs": int(n_final),
+            "train_time_s": round(t_total, 2),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+        "cv": {**metrics, "folds": fold_info, "kind": "kfold" if recipe.folds >= 2 else "holdout"},
+    }
+
+
 __all__ = [
     "SOURCE_LABEL",
     "CVFolds",
@@ -380,4 +429,6 @@ __all__ = [
     "prepare_training_data",
     "robust_emulator_error",
     "stratified_folds",
+    "training_config_record",
+    "training_meta",
 ]

@@ -60,6 +60,12 @@ class TrainRecipe:
     whose out-of-fold fit contradicts a label by more than this many sigma (statistical and
     systematic in quadrature; a mapping label -> sigma judges only those labels; None: none left out); the emulator error, label systematics and Kiel
     prior still come from every star (:func:`gsn_dask.calibration.contradicted_labels`).
+    ``label_noise_share`` (errors in variables): the share of the out-of-fold fit-versus-label
+    variance beyond noise (the label systematics) that is put down to the library's labels; the
+    final model trains on each observed star's labels moved toward its out-of-fold fit by that
+    share of the precision-weighted way (:func:`gsn_dask.calibration.refined_labels`; a mapping
+    label -> share moves only those labels; None: the labels as given). The emulator error, the
+    label systematics, the Kiel prior and the label box still come from the given labels.
     ``seed`` fixes folds, initialisation and batches.
     """
 
@@ -88,6 +94,7 @@ class TrainRecipe:
     label_systematics: bool = True
     label_prior: str = "auto"
     label_outlier_z: float | Mapping[str, float] | None = None
+    label_noise_share: float | Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
         fix = object.__setattr__  # frozen: normalise the containers once, here
@@ -100,6 +107,10 @@ class TrainRecipe:
             fix(self, "label_outlier_z", {str(k): float(v) for k, v in self.label_outlier_z.items()})
         elif self.label_outlier_z is not None:
             fix(self, "label_outlier_z", float(self.label_outlier_z))
+        if isinstance(self.label_noise_share, Mapping):
+            fix(self, "label_noise_share", {str(k): float(v) for k, v in self.label_noise_share.items()})
+        elif self.label_noise_share is not None:
+            fix(self, "label_noise_share", float(self.label_noise_share))
         if self.wavelength_range is not None:
             fix(self, "wavelength_range", tuple(float(x) for x in self.wavelength_range))
         if self.label_ranges is not None:
@@ -129,6 +140,11 @@ class TrainRecipe:
         if self.label_outlier_z is not None and not (zs and min(zs) > 0 and self.folds >= 2 and self.final == "refit"):
             bad.append(f"label_outlier_z {self.label_outlier_z!r} (must be > 0, with folds >= 2 and final 'refit': "
                        "the out-of-fold fits decide which stars the refit leaves out)")
+        shares = self.label_noise_share.values() if isinstance(self.label_noise_share, Mapping) else [self.label_noise_share]
+        if self.label_noise_share is not None and not (
+                shares and 0 < min(shares) and max(shares) <= 1 and self.folds >= 2 and self.final == "refit"):
+            bad.append(f"label_noise_share {self.label_noise_share!r} (must be in (0, 1], with folds >= 2 and final "
+                       "'refit': the out-of-fold fits move the labels the refit trains on)")
         bad += [f"label range {n} = ({lo}, {hi})" for n, (lo, hi) in (self.label_ranges or {}).items() if not lo <= hi]
         if self.wavelength_range is not None and not self.wavelength_range[0] < self.wavelength_range[1]:
             bad.append(f"wavelength_range {self.wavelength_range}")

@@ -53,6 +53,8 @@ from .emulator_data import (  # the numpy half of training; the figure and the t
     prepare_training_data,
     robust_emulator_error,
     stratified_folds,
+    training_config_record,
+    training_meta,
 )
 from .emulator_recipe import DEFAULT_RECIPE, TrainRecipe
 from .labels import LABEL_UNITS
@@ -541,6 +543,7 @@ def train_gsn(
     threads: int | None = None,
     progress: bool = True,
     screen: Callable[[CVFolds], tuple[np.ndarray, dict[str, Any]]] | None = None,
+    relabel: Callable[[CVFolds], tuple[np.ndarray, dict[str, Any]]] | None = None,
     **overrides: Any,
 ) -> tuple[GSN, dict[str, Any]]:
     """Train a GSN on a training cube (dataset or zarr path); returns (model, report).
@@ -552,7 +555,8 @@ def train_gsn(
     trained on all stars for the median best epoch count. ``threads``: torch CPU threads;
     ``progress``: bars on a terminal, one line per fold and a summary line otherwise.
     This trains only: :func:`gsn_dask.calibration.train_and_calibrate` adds the label systematics and,
-    for ``label_outlier_z``, a ``screen``: CVFolds -> (stars the final model trains on, record).
+    for ``label_outlier_z``, a ``screen``: CVFolds -> (stars the final model trains on, record), and
+    for ``label_noise_share``, a ``relabel``: CVFolds -> (the labels the final model trains on, record).
     ``report`` holds settings, timings, CV metrics, the arrays ``oof_pred``, ``fold``, ``flux``,
     ``ivar``, ``label_values``, ``wavelength``, and ``cv_folds`` (:class:`CVFolds`).
     """
@@ -578,8 +582,10 @@ def train_gsn(
     arrays = (scaler.scale(lab_in), flux, loss_weights(ivar, observed, recipe.weight_floor, recipe.synthetic_weight))
     dev = resolve_device(device)
     run = {"template": template_in, "recipe": recipe, "device": dev, "progress": progress}
-    if (z := recipe.label_outlier_z) is not None and (screen is None or not set(z if isinstance(z, dict) else ()) <= set(data["labels"])):
-        raise ValueError(f"label_outlier_z {z} needs gsn_dask.calibration.train_and_calibrate and labels among {data['labels']}")
+    for name, value, hook in (("label_outlier_z", recipe.label_outlier_z, screen),
+                              ("label_noise_share", recipe.label_noise_share, relabel)):
+        if value is not None and (hook is None or not set(value if isinstance(value, dict) else ()) <= set(data["labels"])):
+            raise ValueError(f"{name} {value} needs gsn_dask.calibration.train_and_calibrate and labels among {data['labels']}")
     with _deterministic(recipe.seed, threads):
         fold, k_list = assign_folds(lab[:, 0], recipe.folds, recipe.val_fraction, recipe.seed)
         oof, fold_info, fold_models = _cross_validate(arrays, lab_in, fold, k_list, t0=t0, **run)
@@ -595,24 +601,31 @@ def train_gsn(
             model_index[(fold == k) & observed] = j  # the calibration fits observed stars only
         cv_folds = CVFolds([_with_error(m, emu_err) for m in fold_models], model_index, flux, ivar, lab, recipe.seed)
         keep, screened = (np.ones(lab.shape[0], bool), None) if screen is None else screen(cv_folds)
+        final_arrays, refined = arrays, None
+        if relabel is not None:  # errors in variables: the final network's labels
+            lab_final, refined = relabel(cv_folds)
+            refined["labels_sha256"] = hashlib.sha256(np.ascontiguousarray(lab_final, "<f8").tobytes()).hexdigest()
+            final_arrays = (scaler.scale(np.c_[lab_final, observed] if flagged else lab_final), *arrays[1:])
         final_gsn = fold_models[0]
         if recipe.folds >= 2 and recipe.final == "refit":
-            final_gsn, _ = _train_members(arrays, keep, None, epochs=n_final, patience=0,
+            final_gsn, _ = _train_members(final_arrays, keep, None, epochs=n_final, patience=0,
                                           seed0=recipe.seed, desc="final", **run)
             if flagged:
                 final_gsn = fix_label(final_gsn, SOURCE_LABEL, 1.0)
     t_total = time.perf_counter() - t0
     metrics = cv_metrics(resid[val_mask], ivar[val_mask], emu_err)
-    cfg = _config_record(data, recipe, dev, threads)
+    cfg = training_config_record(data, recipe, dev, threads)
     kiel = recipe.kiel_prior_for(train_ds.attrs) and set(KIEL_LABELS) <= set(data["labels"])
     cfg["label_prior"] = "kiel" if kiel else "none"
-    meta = _training_meta(data, recipe, cfg, cube_path, metrics, fold_info, n_final, t_total)
+    meta = training_meta(data, recipe, cfg, cube_path, metrics, fold_info, n_final, t_total)
     if final_gsn.meta.get("ensemble"):
         meta["ensemble"] = final_gsn.meta["ensemble"]
     if flagged:
         meta["fixed_labels"] = {SOURCE_LABEL: 1.0}
     if screened is not None:
         meta["training"]["label_screen"] = {**screened, "stars": [str(x) for x in np.asarray(data["star"])[~keep]]}
+    if refined is not None:
+        meta["training"]["errors_in_variables"] = refined
     model = GSN(
         hidden_layers=final_gsn.hidden_layers, W_out=final_gsn.W_out, b_out=final_gsn.b_out,
         activation=final_gsn.activation, emulator_error=emu_err, meta=meta, **template,
@@ -634,52 +647,6 @@ def train_gsn(
                     f"in {t_total:.1f} s: CV median |resid| {metrics['cv_resid_per_pixel_median']:.4g}, "
                     f"emulator error median {metrics['emulator_error_median']:.4g}")
     return model, report
-
-
-def _config_record(data: dict[str, Any], recipe: TrainRecipe, device: torch.device, threads: int | None) -> dict:
-    """``model.json`` ``training.config``: the recipe as resolved for this cube, plus device/threads."""
-    names = data["labels"]
-    return {
-        "labels": names, "hidden": recipe.hidden_widths, "activation": recipe.activation,
-        "label_transforms": {nm: recipe.label_transforms.get(nm, "identity") for nm in names},
-        "epochs": recipe.epochs, "batch_size": recipe.batch_size, "lr": recipe.lr,
-        "weight_decay": recipe.weight_decay, "dropout": recipe.dropout, "patience": recipe.patience,
-        "folds": recipe.folds, "val_fraction": recipe.val_fraction, "weight_floor": recipe.weight_floor,
-        "seed": recipe.seed, "device": str(device), "threads": threads, "wavelength_range": recipe.wavelength_range,
-        "label_ranges": recipe.label_ranges, "mask_telluric": recipe.mask_telluric, "final": recipe.final,
-        "ensemble": int(recipe.ensemble), "label_systematics": bool(recipe.label_systematics),
-    }
-
-
-def _training_meta(
-    data: dict[str, Any], recipe: TrainRecipe, cfg: dict, cube_path: str | None, metrics: dict[str, float],
-    fold_info: list[dict[str, Any]], n_final: int, t_total: float,
-) -> dict[str, Any]:
-    """The provenance part of ``model.json``: package version, training set and settings, CV."""
-    from ._version import __version__
-
-    attrs = data["attrs"]
-    return {
-        "package_version": __version__,
-        "training": {
-            "cube_path": cube_path,
-            "n_star_cube": data["n_star_cube"],
-            "n_star": int(data["label_values"].shape[0]),
-            "n_synthetic": int(np.sum(data["synthetic"])),
-            "labels_sha256": hashlib.sha256(np.ascontiguousarray(data["label_values"], "<f8").tobytes()).hexdigest(),
-            "cube_source": attrs.get("source"),
-            "cube_version": attrs.get("version") or attrs.get("source_version"),
-            "cube_gsn_dask_version": attrs.get("gsn_dask_version"),
-            "cube_schema": attrs.get("schema"),
-            "config": cfg,
-            "recipe": recipe.to_json(),
-            "recipe_is_default": recipe == DEFAULT_RECIPE,
-            "final_epochs": int(n_final),
-            "train_time_s": round(t_total, 2),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        },
-        "cv": {**metrics, "folds": fold_info, "kind": "kfold" if recipe.folds >= 2 else "holdout"},
-    }
 
 
 __all__ = [

@@ -10,7 +10,14 @@ import sys
 import numpy as np
 import pytest
 
-from gsn_dask.calibration import MEDIAN_ABS_Z, calibrate, contradicted_labels, estimate_label_systematics, solve_sigma_sys
+from gsn_dask.calibration import (
+    MEDIAN_ABS_Z,
+    calibrate,
+    contradicted_labels,
+    estimate_label_systematics,
+    refined_labels,
+    solve_sigma_sys,
+)
 from gsn_dask.emulator_data import CVFolds
 from gsn_dask.fit.config import FitConfig
 from gsn_dask.fit.result import systematics_from_record
@@ -153,6 +160,38 @@ def test_calibrate_stores_the_record_and_is_deterministic(trained):
     assert m1.model_id == model.model_id  # the calibration changes no weight
 
 
+def test_refined_labels_move_noisy_labels_toward_the_truth(model):
+    """Errors in variables: library labels = truth + noise, spectra at the truth; moving each label
+    toward its held-out fit by the labels' share brings them closer to the truth, by about that
+    share of the way; a share per label moves only that label; nothing leaves the training box."""
+    rng = np.random.default_rng(11)
+    lo, hi = model.bounds[:, 0], model.bounds[:, 1]
+    n = 50
+    truth = lo + (hi - lo) * (0.2 + 0.6 * rng.random((n, 3)))
+    given = truth + rng.normal(size=(n, 3)) * np.array([150.0, 0.3, 0.15])
+    given[0] = hi + 0.1 * (hi - lo)  # a label outside the box is brought back into it
+    flux, ivar = (np.array(a) for a in zip(*(draw(model, t, snr=100, seed=i) for i, t in enumerate(truth))))
+    index = np.zeros(n, int)
+    index[-1] = -1  # never held out: keeps its labels
+    cfg = FitConfig(n_coarse=256)
+    cv = CVFolds([model], index, flux, ivar, given, seed=0)
+    full, rec = refined_labels(cv, 1.0, config=cfg)
+    half, rec_half = refined_labels(cv, 0.5, config=cfg)  # the same fits, reused
+    only_feh, rec_feh = refined_labels(cv, {"feh": 1.0}, config=cfg)
+    assert rec["n_fitted"] == n - 1 and set(rec["sigma_sys"]) == {"teff", "logg", "feh"}
+    assert np.all((full >= lo) & (full <= hi))
+    np.testing.assert_array_equal(full[-1], given[-1])
+    rows = slice(1, n - 1)
+    err = lambda lab: np.sqrt(np.mean((lab[rows] - truth[rows]) ** 2, axis=0))  # noqa: E731
+    assert np.all(err(full) < 0.6 * err(given)), (err(full), err(given))
+    assert np.all((err(half) < err(given)) & (err(half) > err(full)))
+    ratio = np.median(np.abs(half[rows] - given[rows]) / np.abs(full[rows] - given[rows]), axis=0)
+    np.testing.assert_allclose(ratio, 0.5, atol=0.05)
+    np.testing.assert_array_equal(only_feh[rows, :2], given[rows, :2])
+    assert not np.array_equal(only_feh[rows, 2], given[rows, 2])
+    assert rec_feh["move_median"]["teff"] == 0.0 and rec_half["share"] == 0.5
+
+
 @needs_torch
 def test_calibration_reuses_the_screens_fits(trained, monkeypatch):
     """After the label screen the calibration takes its fits, not new ones: the same record."""
@@ -233,6 +272,37 @@ def test_label_outlier_z_refits_without_the_contradicted_stars(tmp_path):
     assert not {stars[5], stars[22]} & set(only_feh.meta["training"]["label_screen"]["stars"])
     with pytest.raises(ValueError, match="label_outlier_z"):
         train_and_calibrate(ds, label_outlier_z=4.0, **{**kw, "folds": 1})
+
+
+@needs_torch
+def test_label_noise_share_refits_on_the_refined_labels(tmp_path):
+    """``label_noise_share``: the CV, emulator error, label systematics and label box come from the
+    given labels; only the final network trains on the refined ones, recorded in model.json."""
+    from gsn_dask.calibration import train_and_calibrate
+    from gsn_dask.cube import log_lambda_grid
+    from gsn_dask.emulator import load_model
+    from gsn_dask.emulator_torch import analytic_cube, train_gsn
+
+    ds = analytic_cube(120, wavelength=log_lambda_grid(4000, 5000), snr=80, seed=3)
+    teff = ds["label_teff"].values.copy()
+    teff[[5, 22]] += 600.0  # two library labels their spectra disagree with
+    ds["label_teff"] = ("star", teff)
+    kw = dict(hidden=32, epochs=60, folds=2, seed=0, threads=1, progress=False)
+    plain, _ = train_and_calibrate(ds, **kw)
+    m, rep = train_and_calibrate(ds, label_noise_share=0.5, **kw)
+    eiv = m.meta["training"]["errors_in_variables"]
+    assert eiv["share"] == 0.5 and eiv["n_fitted"] == 120 and eiv["move_p90"]["teff"] > 0
+    np.testing.assert_array_equal(m.emulator_error, plain.emulator_error)  # the CV trained on the given labels
+    assert rep["label_systematics"]["sigma"] == plain.meta["label_systematics"]["sigma"]
+    np.testing.assert_array_equal(m.bounds, plain.bounds)
+    assert not np.array_equal(m.W_out, plain.W_out) and "errors_in_variables" not in plain.meta["training"]
+    m.save(tmp_path / "m")
+    assert load_model(tmp_path / "m").meta["training"]["recipe"]["label_noise_share"] == 0.5
+    with pytest.raises(ValueError, match="label_noise_share 0.5 needs"):
+        train_gsn(ds, label_noise_share=0.5, **kw)
+    for bad in (0.0, 1.5, {"alpha_fe": 0.5}):  # refused before any training
+        with pytest.raises(ValueError, match="label_noise_share|labels among"):
+            train_and_calibrate(ds, label_noise_share=bad, **kw)
 
 
 @needs_torch

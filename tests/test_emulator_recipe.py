@@ -34,6 +34,9 @@ def test_cli_defaults_are_the_default_recipe():
     assert recipe_from_args(parse("--label-outlier-z", "4")) == DEFAULT_RECIPE.replace(label_outlier_z=4)
     assert recipe_from_args(parse("--label-outlier-z", "teff=4,feh=3.5")).label_outlier_z == {"teff": 4.0, "feh": 3.5}
     assert DEFAULT_RECIPE.label_outlier_z is None  # measured, not kept (README: `gsn-dask train`)
+    assert recipe_from_args(parse("--label-noise-share", "0.5")) == DEFAULT_RECIPE.replace(label_noise_share=0.5)
+    assert recipe_from_args(parse("--label-noise-share", "teff=0.5")).label_noise_share == {"teff": 0.5}
+    assert DEFAULT_RECIPE.label_noise_share is None
     with pytest.raises(ValueError, match="exclude"):
         recipe_from_args(parse("--all-stars", "--label-range", "teff", "1", "2"))
 
@@ -60,6 +63,9 @@ def test_json_round_trip():
     ({"label_outlier_z": {"teff": -1}}, "label_outlier_z"),
     ({"label_outlier_z": 4.0, "folds": 1}, "label_outlier_z"),
     ({"label_outlier_z": 4.0, "final": "none"}, "label_outlier_z"),
+    ({"label_noise_share": 0.0}, "label_noise_share"),
+    ({"label_noise_share": {"feh": 1.2}}, "label_noise_share"),
+    ({"label_noise_share": 0.5, "folds": 1}, "label_noise_share"),
 ])
 def test_bad_recipes_are_refused(change, match):
     with pytest.raises(ValueError, match=match):

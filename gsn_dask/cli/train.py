@@ -78,6 +78,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "than Z sigma (library labels that their spectra disagree with; Z, or NAME=Z,... to judge only "
                         "those labels, e.g. teff=4,feh=4); the emulator error, label systematics and Kiel prior still "
                         "use every star (model.json: training.label_screen)")
+    p.add_argument("--label-noise-share", type=_outlier_z, default=R.label_noise_share, metavar="S",
+                   help="errors in variables: put this share (0-1] of the fit-versus-label scatter beyond noise down "
+                        "to the library's labels and train the final model on each star's label moved that far toward "
+                        "its out-of-fold fit (precision-weighted; S, or NAME=S,... for those labels only); the "
+                        "emulator error, label systematics and Kiel prior use the given labels "
+                        "(model.json: training.errors_in_variables)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model in MODEL_DIR")
     p.add_argument("--no-figure", action="store_true", help="skip diagnostics.png")
     p.add_argument("--no-progress", action="store_true",
@@ -86,7 +92,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _outlier_z(text: str) -> float | dict[str, float]:
-    """``--label-outlier-z``: ``4`` (every label) or ``teff=4,feh=4`` (those labels)."""
+    """``--label-outlier-z`` / ``--label-noise-share``: ``4`` (every label) or ``teff=4,feh=4`` (those labels)."""
     if "=" not in text:
         return float(text)
     pairs = [part.split("=", 1) for part in text.split(",") if part.strip()]
@@ -126,6 +132,7 @@ def recipe_from_args(args: argparse.Namespace) -> TrainRecipe:
         label_systematics=not args.no_label_systematics,
         label_prior=args.label_prior,
         label_outlier_z=args.label_outlier_z,
+        label_noise_share=args.label_noise_share,
     )
 
 
@@ -171,6 +178,9 @@ def run(args: argparse.Namespace) -> int:
                         if model.meta.get("label_prior") else "none"),
         "label_screen": (f"{screen['n_left_out']} of {screen['n_fitted']} stars left out of the final model "
                          f"(|z| > {screen['z_max']})" if (screen := model.meta["training"].get("label_screen")) else "none"),
+        "errors_in_variables": (f"labels of {eiv['n_fitted']} stars moved toward their out-of-fold fits (share "
+                                f"{eiv['share']}; median |move| " + ", ".join(f"{k} {v:.3g}" for k, v in eiv["move_median"].items())
+                                + ")" if (eiv := model.meta["training"].get("errors_in_variables")) else "none"),
         "train_time_s": round(rep["train_time_s"], 1),
         "diagnostics": str(fig) if fig else None,
     }
