@@ -212,6 +212,18 @@ def estimate_label_systematics(
     return out
 
 
+def _every_held_out_star(cv_folds: CVFolds, config: FitConfig | None, progress: bool
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(idx, sd, delta, ok, sigma_sys): every star a fold model held out (``idx``), fitted by it
+    (:func:`_held_out_deltas`; the fits kept in ``cv_folds.fits``), and each label's systematic
+    sigma (n_label,) solved from all of them."""
+    idx = np.flatnonzero(np.asarray(cv_folds.model_index) >= 0)
+    _, sd, delta, ok, cv_folds.fits = _held_out_deltas(cv_folds.models, cv_folds.flux, cv_folds.ivar, cv_folds.labels,
+                                                       cv_folds.model_index, idx, config, progress, cv_folds.fits)
+    sig = np.array([solve_sigma_sys(delta[ok, k], sd[ok, k]) for k in range(delta.shape[1])])
+    return idx, sd, delta, ok, sig
+
+
 def contradicted_labels(cv_folds: CVFolds, z_max: float | Mapping[str, float], *, config: FitConfig | None = None,
                         progress: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
     """Training stars whose spectra contradict their labels, for a training that leaves them out
@@ -224,10 +236,7 @@ def contradicted_labels(cv_folds: CVFolds, z_max: float | Mapping[str, float], *
     ``cv_folds.fits`` for :func:`calibrate`."""
     names = list(cv_folds.models[0].label_names)
     limit = np.array([float(z_max.get(n, np.inf)) if isinstance(z_max, Mapping) else float(z_max) for n in names])
-    idx = np.flatnonzero(np.asarray(cv_folds.model_index) >= 0)
-    _, sd, delta, ok, cv_folds.fits = _held_out_deltas(cv_folds.models, cv_folds.flux, cv_folds.ivar, cv_folds.labels,
-                                                       cv_folds.model_index, idx, config, progress, cv_folds.fits)
-    sig = np.array([solve_sigma_sys(delta[ok, k], sd[ok, k]) for k in range(delta.shape[1])])
+    idx, sd, delta, ok, sig = _every_held_out_star(cv_folds, config, progress)
     with np.errstate(divide="ignore", invalid="ignore"):
         over = ok[:, None] & (np.abs(delta) / np.hypot(sd, sig) > limit)
     keep = np.ones(len(cv_folds.labels), dtype=bool)
@@ -252,10 +261,7 @@ def refined_labels(cv_folds: CVFolds, share: float | Mapping[str, float], *, con
     ``sigma_sys``, and per label the median and 90th percentile of |move|)."""
     names = list(cv_folds.models[0].label_names)
     s = np.array([float(share.get(n, 0.0)) if isinstance(share, Mapping) else float(share) for n in names])
-    idx = np.flatnonzero(np.asarray(cv_folds.model_index) >= 0)
-    _, sd, delta, ok, cv_folds.fits = _held_out_deltas(cv_folds.models, cv_folds.flux, cv_folds.ivar, cv_folds.labels,
-                                                       cv_folds.model_index, idx, config, progress, cv_folds.fits)
-    sig = np.array([solve_sigma_sys(delta[ok, k], sd[ok, k]) for k in range(delta.shape[1])])
+    idx, sd, delta, ok, sig = _every_held_out_star(cv_folds, config, progress)
     w = s * sig**2 / (sig**2 + sd**2)
     given = np.asarray(cv_folds.labels, dtype=np.float64)
     labels = given.copy()

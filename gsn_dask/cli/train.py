@@ -56,7 +56,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(the input held at 'observed', folded into the first layer: same labels, same fit cost)")
     p.add_argument("--seed", type=int, default=R.seed)
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's, about one per core). Two trainings sharing the same "
+                        "cores slow each other down many times over: give each cores/jobs. The same seed, thread "
+                        "count and CPU kind give the same model bit for bit (a given count is recorded in model.json)")
     p.add_argument("--wave-range", nargs=2, type=float, default=None, metavar=("MIN", "MAX"),
                    help="restrict the model grid to this vacuum range [A]")
     p.add_argument("--label-range", nargs=3, action="append", default=None, metavar=("NAME", "LO", "HI"),
