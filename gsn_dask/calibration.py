@@ -21,6 +21,11 @@ The reference labels' own errors are part of what this measures: intervals calib
 cover the *reference* values 68% of the time, which is what a validation against a survey or
 the literature checks.
 
+The same held-out fits (made once, kept in :attr:`CVFolds.fits`) serve two training options that
+act on the final network only: leaving out the stars whose labels their spectra contradict
+(:func:`contradicted_labels`, recipe ``label_outlier_z``) and training on labels moved toward
+their fits (errors in variables: :func:`refined_labels`, recipe ``label_noise_share``).
+
 Layer 5: imports the emulator and the fitter; the emulator modules never import this one.
 """
 from __future__ import annotations
@@ -257,8 +262,8 @@ def refined_labels(cv_folds: CVFolds, share: float | Mapping[str, float], *, con
     ``1 - s``, and each label moves to the precision-weighted mean of itself and its fit:
     ``label + w * (fit - label)``, ``w = s * sigma_sys**2 / (sigma_sys**2 + sigma_stat**2)``.
     ``share``: one value for every label, or label -> value (other labels stay). Stars not fitted
-    keep their labels; no label leaves the training box. Returns (labels (n_star, n_label), record: ``share``, ``n_fitted``,
-    ``sigma_sys``, and per label the median and 90th percentile of |move|)."""
+    keep their labels; no label leaves the training box. Returns (labels (n_star, n_label), record:
+    ``share``, ``n_fitted``, ``sigma_sys``, and per label the median and 90th percentile of |move|)."""
     names = list(cv_folds.models[0].label_names)
     s = np.array([float(share.get(n, 0.0)) if isinstance(share, Mapping) else float(share) for n in names])
     idx, sd, delta, ok, sig = _every_held_out_star(cv_folds, config, progress)
@@ -309,8 +314,8 @@ def train_and_calibrate(
     (default :data:`~gsn_dask.emulator_recipe.DEFAULT_RECIPE`) and ``overrides``, then, when the
     recipe's ``label_systematics`` is on, :func:`calibrate`; with ``label_outlier_z`` the final model
     trains without the stars :func:`contradicted_labels` finds, with ``label_noise_share`` on the
-    labels of :func:`refined_labels`. Returns (model, report); the
-    report's ``label_systematics`` is the record (None when skipped). Needs torch."""
+    labels of :func:`refined_labels`. Returns (model, report); the report's ``label_systematics``
+    is the record (None when skipped). Needs torch."""
     from .emulator_torch import train_gsn
 
     recipe = (recipe or DEFAULT_RECIPE).replace(**overrides)
@@ -325,6 +330,5 @@ def train_and_calibrate(
     return model, report
 
 
-__all__ = ["MEDIAN_ABS_Z", "calibrate", "contradicted_labels", "estimate_label_systematics", "out_of_fold_fits", "refined_labels",
-           "solve_sigma_sys",
-           "train_and_calibrate"]
+__all__ = ["MEDIAN_ABS_Z", "calibrate", "contradicted_labels", "estimate_label_systematics", "out_of_fold_fits",
+           "refined_labels", "solve_sigma_sys", "train_and_calibrate"]
