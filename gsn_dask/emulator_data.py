@@ -370,6 +370,11 @@ class CVFolds:
     fits: tuple[Any, np.ndarray, np.ndarray, np.ndarray] | None = None
 
 
+def labels_sha256(labels: np.ndarray) -> str:
+    """sha256 of a label table (little-endian float64): which labels a network trained on."""
+    return hashlib.sha256(np.ascontiguousarray(labels, "<f8").tobytes()).hexdigest()
+
+
 def training_config_record(data: dict[str, Any], recipe: TrainRecipe, device: Any, threads: int | None) -> dict:
     """``model.json`` ``training.config``: the recipe as resolved for this cube, plus device/threads."""
     names = data["labels"]
@@ -400,7 +405,7 @@ def training_meta(
             "n_star_cube": data["n_star_cube"],
             "n_star": int(data["label_values"].shape[0]),
             "n_synthetic": int(np.sum(data["synthetic"])),
-            "labels_sha256": hashlib.sha256(np.ascontiguousarray(data["label_values"], "<f8").tobytes()).hexdigest(),
+            "labels_sha256": labels_sha256(data["label_values"]),
             "cube_source": attrs.get("source"),
             "cube_version": attrs.get("version") or attrs.get("source_version"),
             "cube_gsn_dask_version": attrs.get("gsn_dask_version"),
@@ -422,6 +427,7 @@ __all__ = [
     "analytic_cube",
     "assign_folds",
     "cv_metrics",
+    "labels_sha256",
     "diagnostics_figure",
     "loss_weights",
     "observed_rows",

@@ -31,6 +31,11 @@ def _teff_log10() -> dict[str, str]:
     return {"teff": "log10"}
 
 
+def _values(option: float | Mapping[str, float] | None) -> list[float]:
+    """The values of a per-label option (one value, or label -> value)."""
+    return list(option.values()) if isinstance(option, Mapping) else [option]
+
+
 @dataclass(frozen=True)
 class TrainRecipe:
     """Settings of one GSN training and its label-systematics calibration.
@@ -103,14 +108,10 @@ class TrainRecipe:
         if not isinstance(self.hidden, int):
             fix(self, "hidden", tuple(int(h) for h in self.hidden))
         fix(self, "label_transforms", {str(k): str(v) for k, v in dict(self.label_transforms or {}).items()})
-        if isinstance(self.label_outlier_z, Mapping):
-            fix(self, "label_outlier_z", {str(k): float(v) for k, v in self.label_outlier_z.items()})
-        elif self.label_outlier_z is not None:
-            fix(self, "label_outlier_z", float(self.label_outlier_z))
-        if isinstance(self.label_noise_share, Mapping):
-            fix(self, "label_noise_share", {str(k): float(v) for k, v in self.label_noise_share.items()})
-        elif self.label_noise_share is not None:
-            fix(self, "label_noise_share", float(self.label_noise_share))
+        for name in ("label_outlier_z", "label_noise_share"):  # one value, or label -> value
+            v = getattr(self, name)
+            if v is not None:
+                fix(self, name, {str(k): float(x) for k, x in v.items()} if isinstance(v, Mapping) else float(v))
         if self.wavelength_range is not None:
             fix(self, "wavelength_range", tuple(float(x) for x in self.wavelength_range))
         if self.label_ranges is not None:
@@ -136,13 +137,13 @@ class TrainRecipe:
             bad.append(f"label_prior {self.label_prior!r} (use one of {LABEL_PRIOR_MODES})")
         if self.final not in FINAL_MODES:
             bad.append(f"final {self.final!r} (use one of {FINAL_MODES})")
-        zs = self.label_outlier_z.values() if isinstance(self.label_outlier_z, Mapping) else [self.label_outlier_z]
-        if self.label_outlier_z is not None and not (zs and min(zs) > 0 and self.folds >= 2 and self.final == "refit"):
+        refit = self.folds >= 2 and self.final == "refit"
+        zs = _values(self.label_outlier_z)
+        if self.label_outlier_z is not None and not (zs and min(zs) > 0 and refit):
             bad.append(f"label_outlier_z {self.label_outlier_z!r} (must be > 0, with folds >= 2 and final 'refit': "
                        "the out-of-fold fits decide which stars the refit leaves out)")
-        shares = self.label_noise_share.values() if isinstance(self.label_noise_share, Mapping) else [self.label_noise_share]
-        if self.label_noise_share is not None and not (
-                shares and 0 < min(shares) and max(shares) <= 1 and self.folds >= 2 and self.final == "refit"):
+        shares = _values(self.label_noise_share)
+        if self.label_noise_share is not None and not (shares and 0 < min(shares) and max(shares) <= 1 and refit):
             bad.append(f"label_noise_share {self.label_noise_share!r} (must be in (0, 1], with folds >= 2 and final "
                        "'refit': the out-of-fold fits move the labels the refit trains on)")
         bad += [f"label range {n} = ({lo}, {hi})" for n, (lo, hi) in (self.label_ranges or {}).items() if not lo <= hi]

@@ -22,7 +22,6 @@ Training never fits spectra: the label-systematics calibration that uses the fol
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 import os
@@ -47,6 +46,7 @@ from .emulator_data import (  # the numpy half of training; the figure and the t
     assign_folds,
     cv_metrics,
     diagnostics_figure,
+    labels_sha256,
     loss_weights,
     observed_rows,
     pixel_weights,
@@ -604,7 +604,7 @@ def train_gsn(
         final_arrays, refined = arrays, None
         if relabel is not None:  # errors in variables: the final network's labels
             lab_final, refined = relabel(cv_folds)
-            refined["labels_sha256"] = hashlib.sha256(np.ascontiguousarray(lab_final, "<f8").tobytes()).hexdigest()
+            refined["labels_sha256"] = labels_sha256(lab_final)
             final_arrays = (scaler.scale(np.c_[lab_final, observed] if flagged else lab_final), *arrays[1:])
         final_gsn = fold_models[0]
         if recipe.folds >= 2 and recipe.final == "refit":
