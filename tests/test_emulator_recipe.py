@@ -37,6 +37,15 @@ def test_cli_defaults_are_the_default_recipe():
     assert recipe_from_args(parse("--label-noise-share", "0.5")) == DEFAULT_RECIPE.replace(label_noise_share=0.5)
     assert recipe_from_args(parse("--label-noise-share", "teff=0.5")).label_noise_share == {"teff": 0.5}
     assert DEFAULT_RECIPE.label_noise_share is None
+    assert recipe_from_args(parse("--label-noise-share", "none", "--label-outlier-z", "off")) == DEFAULT_RECIPE.replace(
+        label_noise_share=None, label_outlier_z=None)
+
+
+@pytest.mark.parametrize("text", ["teff", "teff=a", "half"])
+def test_cli_per_label_value_refuses_what_it_cannot_read(text, capsys):
+    with pytest.raises(SystemExit):
+        parse("--label-noise-share", text)
+    assert "expected a number, NAME=VALUE" in capsys.readouterr().err
     with pytest.raises(ValueError, match="exclude"):
         recipe_from_args(parse("--all-stars", "--label-range", "teff", "1", "2"))
 

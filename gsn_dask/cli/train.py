@@ -76,17 +76,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "fits off where no star lives, e.g. K dwarfs at log g 5; `gsn-dask fit --set label_prior=none` "
                         "switches it off); none: a uniform prior over the training box; auto: kiel for a library of "
                         "observed stars (MILES, also a MILES+synthetic hybrid), none for a synthetic grid")
-    p.add_argument("--label-outlier-z", type=_outlier_z, default=R.label_outlier_z, metavar="Z",
+    p.add_argument("--label-outlier-z", type=_per_label_value, default=R.label_outlier_z, metavar="Z",
                    help="train the final model without the stars whose out-of-fold fit contradicts a label by more "
                         "than Z sigma (library labels that their spectra disagree with; Z, or NAME=Z,... to judge only "
                         "those labels, e.g. teff=4,feh=4); the emulator error, label systematics and Kiel prior still "
-                        "use every star (model.json: training.label_screen)")
-    p.add_argument("--label-noise-share", type=_outlier_z, default=R.label_noise_share, metavar="S",
+                        "use every star (model.json: training.label_screen); none: off")
+    p.add_argument("--label-noise-share", type=_per_label_value, default=R.label_noise_share, metavar="S",
                    help="errors in variables: put this share (0-1] of the fit-versus-label scatter beyond noise down "
                         "to the library's labels and train the final model on each star's label moved that far toward "
                         "its out-of-fold fit (precision-weighted; S, or NAME=S,... for those labels only); the "
                         "emulator error, label systematics and Kiel prior use the given labels "
-                        "(model.json: training.errors_in_variables)")
+                        "(model.json: training.errors_in_variables); none: off")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model in MODEL_DIR")
     p.add_argument("--no-figure", action="store_true", help="skip diagnostics.png")
     p.add_argument("--no-progress", action="store_true",
@@ -94,12 +94,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _outlier_z(text: str) -> float | dict[str, float]:
-    """``--label-outlier-z`` / ``--label-noise-share``: ``4`` (every label) or ``teff=4,feh=4`` (those labels)."""
-    if "=" not in text:
-        return float(text)
-    pairs = [part.split("=", 1) for part in text.split(",") if part.strip()]
-    return {name.strip(): float(z) for name, z in pairs}
+def _per_label_value(text: str) -> float | dict[str, float] | None:
+    """``--label-outlier-z`` / ``--label-noise-share``: ``4`` (every label), ``teff=4,feh=4`` (those
+    labels) or ``none`` (off)."""
+    if text.strip().lower() in ("none", "off"):
+        return None
+    try:
+        if "=" not in text:
+            return float(text)
+        pairs = [part.split("=", 1) for part in text.split(",") if part.strip()]
+        return {name.strip(): float(value) for name, value in pairs}
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected a number, NAME=VALUE,... (e.g. teff=0.5,feh=0.5) or none") from None
 
 
 def recipe_from_args(args: argparse.Namespace) -> TrainRecipe:
