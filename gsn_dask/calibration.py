@@ -313,17 +313,16 @@ def train_and_calibrate(
     """What ``gsn-dask train`` does: :func:`gsn_dask.emulator_torch.train_gsn` with ``recipe``
     (default :data:`~gsn_dask.emulator_recipe.DEFAULT_RECIPE`) and ``overrides``, then, when the
     recipe's ``label_systematics`` is on, :func:`calibrate`; with ``label_outlier_z`` the final model
-    trains without the stars :func:`contradicted_labels` finds, with ``label_noise_share`` on the
-    labels of :func:`refined_labels`. Returns (model, report); the report's ``label_systematics``
+    trains without the stars :func:`contradicted_labels` finds, with ``label_noise_share`` (by
+    default ``auto``: Teff and [Fe/H] at 0.5 for a library of observed stars) on the labels of
+    :func:`refined_labels`. Returns (model, report); the report's ``label_systematics``
     is the record (None when skipped). Needs torch."""
     from .emulator_torch import train_gsn
 
     recipe = (recipe or DEFAULT_RECIPE).replace(**overrides)
-    z_max, share = recipe.label_outlier_z, recipe.label_noise_share
-    screen = None if z_max is None else (lambda cv: contradicted_labels(cv, z_max, progress=progress))
-    relabel = None if share is None else (lambda cv: refined_labels(cv, share, progress=progress))
-    model, report = train_gsn(train_ds, recipe, device=device, threads=threads, progress=progress, screen=screen,
-                              relabel=relabel)
+    model, report = train_gsn(train_ds, recipe, device=device, threads=threads, progress=progress,
+                              screen=lambda cv, z_max: contradicted_labels(cv, z_max, progress=progress),
+                              relabel=lambda cv, share: refined_labels(cv, share, progress=progress))
     report["label_systematics"] = None
     if report["recipe"].label_systematics:
         report["label_systematics"] = calibrate(model, report["cv_folds"], progress=progress)

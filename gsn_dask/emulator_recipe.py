@@ -9,7 +9,7 @@ Numpy only (no torch): the command line builds its options from it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,9 @@ FINAL_MODES = ("refit", "none")
 LABEL_PRIOR_MODES = ("auto", "kiel", "none")
 #: Training-cube ``source`` attrs of observed-star libraries (``label_prior="auto"`` gives them a Kiel prior).
 OBSERVED_SOURCES = ("MILES",)
+#: ``label_noise_share="auto"``: the errors-in-variables shares (label -> share) that the default
+#: training uses, for those of these labels that the cube has (measured: README, ``gsn-dask train``).
+AUTO_NOISE_SHARE = {"teff": 0.5, "feh": 0.5}
 
 
 def _teff_range() -> dict[str, tuple[float, float]]:
@@ -31,8 +34,10 @@ def _teff_log10() -> dict[str, str]:
     return {"teff": "log10"}
 
 
-def _values(option: float | Mapping[str, float] | None) -> list[float]:
-    """The values of a per-label option (one value, or label -> value)."""
+def _values(option: float | Mapping[str, float] | str | None) -> list[float]:
+    """The numbers of a per-label option (one value, or label -> value; none for a word)."""
+    if isinstance(option, str):
+        return []
     return list(option.values()) if isinstance(option, Mapping) else [option]
 
 
@@ -69,8 +74,10 @@ class TrainRecipe:
     variance beyond noise (the label systematics) that is put down to the library's labels; the
     final model trains on each observed star's labels moved toward its out-of-fold fit by that
     share of the precision-weighted way (:func:`gsn_dask.calibration.refined_labels`; a mapping
-    label -> share moves only those labels; None: the labels as given). The emulator error, the
-    label systematics, the Kiel prior and the label box still come from the given labels.
+    label -> share moves only those labels; None: the labels as given; ``auto``, the default:
+    :data:`AUTO_NOISE_SHARE` for the labels the cube has, when it has observed stars and the recipe
+    refits after K-fold CV, else None: :meth:`noise_share_for`). The emulator error, the label
+    systematics, the Kiel prior and the label box still come from the given labels.
     ``seed`` fixes folds, initialisation and batches.
     """
 
@@ -99,7 +106,7 @@ class TrainRecipe:
     label_systematics: bool = True
     label_prior: str = "auto"
     label_outlier_z: float | Mapping[str, float] | None = None
-    label_noise_share: float | Mapping[str, float] | None = None
+    label_noise_share: float | Mapping[str, float] | str | None = "auto"
 
     def __post_init__(self) -> None:
         fix = object.__setattr__  # frozen: normalise the containers once, here
@@ -110,7 +117,7 @@ class TrainRecipe:
         fix(self, "label_transforms", {str(k): str(v) for k, v in dict(self.label_transforms or {}).items()})
         for name in ("label_outlier_z", "label_noise_share"):  # one value, or label -> value
             v = getattr(self, name)
-            if v is not None:
+            if v is not None and not isinstance(v, str):
                 fix(self, name, {str(k): float(x) for k, x in v.items()} if isinstance(v, Mapping) else float(v))
         if self.wavelength_range is not None:
             fix(self, "wavelength_range", tuple(float(x) for x in self.wavelength_range))
@@ -143,8 +150,8 @@ class TrainRecipe:
             bad.append(f"label_outlier_z {self.label_outlier_z!r} (must be > 0, with folds >= 2 and final 'refit': "
                        "the out-of-fold fits decide which stars the refit leaves out)")
         shares = _values(self.label_noise_share)
-        if self.label_noise_share is not None and not (shares and 0 < min(shares) and max(shares) <= 1 and refit):
-            bad.append(f"label_noise_share {self.label_noise_share!r} (must be in (0, 1], with folds >= 2 and final "
+        if self.label_noise_share not in (None, "auto") and not (shares and 0 < min(shares) and max(shares) <= 1 and refit):
+            bad.append(f"label_noise_share {self.label_noise_share!r} (auto, or in (0, 1] with folds >= 2 and final "
                        "'refit': the out-of-fold fits move the labels the refit trains on)")
         bad += [f"label range {n} = ({lo}, {hi})" for n, (lo, hi) in (self.label_ranges or {}).items() if not lo <= hi]
         if self.wavelength_range is not None and not self.wavelength_range[0] < self.wavelength_range[1]:
@@ -158,6 +165,16 @@ class TrainRecipe:
         if isinstance(self.hidden, int):
             return [int(self.hidden)] * int(self.n_hidden_layers)
         return [int(h) for h in self.hidden]
+
+    def noise_share_for(self, labels: Sequence[str], observed: bool) -> float | dict[str, float] | None:
+        """The ``label_noise_share`` a training of ``labels`` uses (``observed``: whether the cube has
+        observed stars, the only ones whose labels move): the recipe's value, or for ``auto``
+        :data:`AUTO_NOISE_SHARE` on the labels the cube has, when it has observed stars and the
+        recipe refits after K-fold CV (else None: the labels as given)."""
+        if self.label_noise_share != "auto":
+            return self.label_noise_share
+        share = {n: s for n, s in AUTO_NOISE_SHARE.items() if n in labels}
+        return share if share and observed and self.folds >= 2 and self.final == "refit" else None
 
     def kiel_prior_for(self, cube_attrs: Mapping[str, Any]) -> bool:
         """Whether a model trained on a cube with ``cube_attrs`` gets the Kiel prior."""
@@ -193,4 +210,4 @@ class TrainRecipe:
 #: The best-measured recipe (MILES, 3000-12000 K: see benchmarks/ and the demo).
 DEFAULT_RECIPE = TrainRecipe()
 
-__all__ = ["DEFAULT_RECIPE", "FINAL_MODES", "LABEL_PRIOR_MODES", "OBSERVED_SOURCES", "TrainRecipe"]
+__all__ = ["AUTO_NOISE_SHARE", "DEFAULT_RECIPE", "FINAL_MODES", "LABEL_PRIOR_MODES", "OBSERVED_SOURCES", "TrainRecipe"]

@@ -542,8 +542,8 @@ def train_gsn(
     device: str | torch.device | None = None,
     threads: int | None = None,
     progress: bool = True,
-    screen: Callable[[CVFolds], tuple[np.ndarray, dict[str, Any]]] | None = None,
-    relabel: Callable[[CVFolds], tuple[np.ndarray, dict[str, Any]]] | None = None,
+    screen: Callable[[CVFolds, Any], tuple[np.ndarray, dict[str, Any]]] | None = None,
+    relabel: Callable[[CVFolds, Any], tuple[np.ndarray, dict[str, Any]]] | None = None,
     **overrides: Any,
 ) -> tuple[GSN, dict[str, Any]]:
     """Train a GSN on a training cube (dataset or zarr path); returns (model, report).
@@ -555,8 +555,9 @@ def train_gsn(
     trained on all stars for the median best epoch count. ``threads``: torch CPU threads;
     ``progress``: bars on a terminal, one line per fold and a summary line otherwise.
     This trains only: :func:`gsn_dask.calibration.train_and_calibrate` adds the label systematics and,
-    for ``label_outlier_z``, a ``screen``: CVFolds -> (stars the final model trains on, record), and
-    for ``label_noise_share``, a ``relabel``: CVFolds -> (the labels the final model trains on, record).
+    for ``label_outlier_z``, a ``screen``: (CVFolds, z) -> (stars the final model trains on, record), and
+    for ``label_noise_share``, a ``relabel``: (CVFolds, share) -> (the labels the final model trains on,
+    record); without a ``relabel``, ``label_noise_share="auto"`` leaves the labels as given.
     ``report`` holds settings, timings, CV metrics, the arrays ``oof_pred``, ``fold``, ``flux``,
     ``ivar``, ``label_values``, ``wavelength``, and ``cv_folds`` (:class:`CVFolds`).
     """
@@ -582,8 +583,9 @@ def train_gsn(
     arrays = (scaler.scale(lab_in), flux, loss_weights(ivar, observed, recipe.weight_floor, recipe.synthetic_weight))
     dev = resolve_device(device)
     run = {"template": template_in, "recipe": recipe, "device": dev, "progress": progress}
-    for name, value, hook in (("label_outlier_z", recipe.label_outlier_z, screen),
-                              ("label_noise_share", recipe.label_noise_share, relabel)):
+    auto_share = recipe.label_noise_share == "auto" and relabel is None  # train_gsn alone: no out-of-fold fits
+    share = None if auto_share else recipe.noise_share_for(data["labels"], not np.all(data["synthetic"]))
+    for name, value, hook in (("label_outlier_z", recipe.label_outlier_z, screen), ("label_noise_share", share, relabel)):
         if value is not None and (hook is None or not set(value if isinstance(value, dict) else ()) <= set(data["labels"])):
             raise ValueError(f"{name} {value} needs gsn_dask.calibration.train_and_calibrate and labels among {data['labels']}")
     with _deterministic(recipe.seed, threads):
@@ -600,10 +602,10 @@ def train_gsn(
         for j, k in enumerate(k_list):
             model_index[(fold == k) & observed] = j  # the calibration fits observed stars only
         cv_folds = CVFolds([_with_error(m, emu_err) for m in fold_models], model_index, flux, ivar, lab, recipe.seed)
-        keep, screened = (np.ones(lab.shape[0], bool), None) if screen is None else screen(cv_folds)
+        keep, screened = (np.ones(lab.shape[0], bool), None) if recipe.label_outlier_z is None else screen(cv_folds, recipe.label_outlier_z)
         final_arrays, refined = arrays, None
-        if relabel is not None:  # errors in variables: the final network's labels
-            lab_final, refined = relabel(cv_folds)
+        if share is not None:  # errors in variables: the final network's labels
+            lab_final, refined = relabel(cv_folds, share)
             refined["labels_sha256"] = labels_sha256(lab_final)
             final_arrays = (scaler.scale(np.c_[lab_final, observed] if flagged else lab_final), *arrays[1:])
         final_gsn = fold_models[0]
@@ -617,6 +619,7 @@ def train_gsn(
     cfg = training_config_record(data, recipe, dev, threads)
     kiel = recipe.kiel_prior_for(train_ds.attrs) and set(KIEL_LABELS) <= set(data["labels"])
     cfg["label_prior"] = "kiel" if kiel else "none"
+    cfg["label_noise_share"] = share  # "auto" resolved for this cube
     meta = training_meta(data, recipe, cfg, cube_path, metrics, fold_info, n_final, t_total)
     if final_gsn.meta.get("ensemble"):
         meta["ensemble"] = final_gsn.meta["ensemble"]

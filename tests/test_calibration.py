@@ -288,7 +288,7 @@ def test_label_noise_share_refits_on_the_refined_labels(tmp_path):
     teff[[5, 22]] += 600.0  # two library labels their spectra disagree with
     ds["label_teff"] = ("star", teff)
     kw = dict(hidden=32, epochs=60, folds=2, seed=0, threads=1, progress=False)
-    plain, _ = train_and_calibrate(ds, **kw)
+    plain, _ = train_and_calibrate(ds, label_noise_share=None, **kw)
     m, rep = train_and_calibrate(ds, label_noise_share=0.5, **kw)
     eiv = m.meta["training"]["errors_in_variables"]
     assert eiv["share"] == 0.5 and eiv["n_fitted"] == 120 and eiv["move_p90"]["teff"] > 0
@@ -303,6 +303,31 @@ def test_label_noise_share_refits_on_the_refined_labels(tmp_path):
     for bad in (0.0, 1.5, {"alpha_fe": 0.5}):  # refused before any training
         with pytest.raises(ValueError, match="label_noise_share|labels among"):
             train_and_calibrate(ds, label_noise_share=bad, **kw)
+
+
+@needs_torch
+def test_label_noise_share_auto_moves_teff_and_feh_of_observed_stars_only():
+    """The default (``auto``): Teff and [Fe/H] at 0.5 where the cube has them and K-fold refit runs;
+    nothing for ``train_gsn`` alone (no out-of-fold fits), one held-out split, or a synthetic grid."""
+    from gsn_dask.calibration import train_and_calibrate
+    from gsn_dask.cube import log_lambda_grid
+    from gsn_dask.emulator_torch import analytic_cube, train_gsn
+
+    ds = analytic_cube(60, wavelength=log_lambda_grid(4000, 4500), snr=80, seed=4)
+    kw = dict(hidden=16, epochs=20, folds=2, seed=0, threads=1, progress=False)
+    auto, _ = train_and_calibrate(ds, **kw)
+    explicit, _ = train_and_calibrate(ds, label_noise_share={"teff": 0.5, "feh": 0.5}, **kw)
+    assert auto.model_id == explicit.model_id
+    training = auto.meta["training"]
+    assert training["recipe"]["label_noise_share"] == "auto"
+    assert training["config"]["label_noise_share"] == training["errors_in_variables"]["share"] == {"teff": 0.5, "feh": 0.5}
+    no_feh, _ = train_and_calibrate(ds, labels=("teff", "logg"), **kw)
+    assert no_feh.meta["training"]["errors_in_variables"]["share"] == {"teff": 0.5}
+    alone, _ = train_gsn(ds, **kw)
+    one_split, _ = train_and_calibrate(ds, **{**kw, "folds": 1})
+    synthetic, _ = train_and_calibrate(ds.assign(source=("star", np.full(ds.sizes["star"], "turbospectrum:grid"))), **kw)
+    for m in (alone, one_split, synthetic):
+        assert "errors_in_variables" not in m.meta["training"] and m.meta["training"]["config"]["label_noise_share"] is None
 
 
 @needs_torch

@@ -36,7 +36,8 @@ def test_cli_defaults_are_the_default_recipe():
     assert DEFAULT_RECIPE.label_outlier_z is None  # measured, not kept (README: `gsn-dask train`)
     assert recipe_from_args(parse("--label-noise-share", "0.5")) == DEFAULT_RECIPE.replace(label_noise_share=0.5)
     assert recipe_from_args(parse("--label-noise-share", "teff=0.5")).label_noise_share == {"teff": 0.5}
-    assert DEFAULT_RECIPE.label_noise_share is None
+    assert DEFAULT_RECIPE.label_noise_share == "auto"  # measured and kept (README: `gsn-dask train`)
+    assert recipe_from_args(parse("--label-noise-share", "auto")) == DEFAULT_RECIPE
     assert recipe_from_args(parse("--label-noise-share", "none", "--label-outlier-z", "off")) == DEFAULT_RECIPE.replace(
         label_noise_share=None, label_outlier_z=None)
 

@@ -86,7 +86,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "to the library's labels and train the final model on each star's label moved that far toward "
                         "its out-of-fold fit (precision-weighted; S, or NAME=S,... for those labels only); the "
                         "emulator error, label systematics and Kiel prior use the given labels "
-                        "(model.json: training.errors_in_variables); none: off")
+                        "(model.json: training.errors_in_variables). auto (default): teff=0.5,feh=0.5 (the labels "
+                        "the cube has) for a cube of observed stars with K-fold refit, else off; none: off")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model in MODEL_DIR")
     p.add_argument("--no-figure", action="store_true", help="skip diagnostics.png")
     p.add_argument("--no-progress", action="store_true",
@@ -94,11 +95,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _per_label_value(text: str) -> float | dict[str, float] | None:
+def _per_label_value(text: str) -> float | dict[str, float] | str | None:
     """``--label-outlier-z`` / ``--label-noise-share``: ``4`` (every label), ``teff=4,feh=4`` (those
-    labels) or ``none`` (off)."""
-    if text.strip().lower() in ("none", "off"):
-        return None
+    labels), ``none`` (off) or ``auto`` (the recipe's rule; ``--label-noise-share`` only)."""
+    word = text.strip().lower()
+    if word in ("none", "off", "auto"):
+        return None if word != "auto" else word
     try:
         if "=" not in text:
             return float(text)
@@ -106,7 +108,7 @@ def _per_label_value(text: str) -> float | dict[str, float] | None:
         return {name.strip(): float(value) for name, value in pairs}
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"{text!r}: expected a number, NAME=VALUE,... (e.g. teff=0.5,feh=0.5) or none") from None
+            f"{text!r}: expected a number, NAME=VALUE,... (e.g. teff=0.5,feh=0.5), auto or none") from None
 
 
 def recipe_from_args(args: argparse.Namespace) -> TrainRecipe:
