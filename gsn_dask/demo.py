@@ -10,7 +10,8 @@ Steps (each with progress output; everything lands in ``out_dir``):
    (~100 stars). The rest train the GSN.
 3. **GSN** — :func:`gsn_dask.calibration.train_and_calibrate` with ``gsn-dask train``'s default
    recipe (:data:`gsn_dask.emulator_recipe.DEFAULT_RECIPE`: K-fold CV for the per-pixel emulator
-   error, then the label systematics) on the training stars. Cached by the hash of its inputs
+   error, Teff and [Fe/H] training labels moved toward their out-of-fold fits, then the label
+   systematics) on the training stars. Cached by the hash of its inputs
    and recipe, so a second demo reuses it.
 4. **LAMOST-like observations** of the hold-out stars (:func:`make_observations`): the real
    prepared MILES spectrum (LAMOST resolution and grid) on the *full* LAMOST grid 3700-9100 A

@@ -1,9 +1,10 @@
 """The GSN training recipe: one definition of how ``gsn-dask train`` makes a model.
 
 :data:`DEFAULT_RECIPE` holds the best-measured settings (the MILES recipe that the demo uses):
-``gsn-dask train`` with no options, :func:`gsn_dask.emulator_torch.train_gsn` and
-:func:`gsn_dask.calibration.train_and_calibrate` with no overrides all train it, and every
-model records the recipe it was made with in ``model.json`` (``training.recipe``).
+``gsn-dask train`` with no options and :func:`gsn_dask.calibration.train_and_calibrate` with no
+overrides train it (:func:`gsn_dask.emulator_torch.train_gsn` alone skips the steps that need the
+calibration's out-of-fold fits), and every model records the recipe it was made with in
+``model.json`` (``training.recipe``; ``training.config`` what ``auto`` settings became).
 Numpy only (no torch): the command line builds its options from it.
 """
 from __future__ import annotations
