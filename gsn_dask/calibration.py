@@ -283,19 +283,21 @@ def refined_labels(cv_folds: CVFolds, share: float | Mapping[str, float], *, con
     return labels, record
 
 
-def calibrate(model: GSN, cv_folds: CVFolds, *, config: FitConfig | None = None, progress: bool = False) -> dict[str, Any]:
+def calibrate(model: GSN, cv_folds: CVFolds, *, config: FitConfig | None = None, by: str | None = "teff",
+              progress: bool = False) -> dict[str, Any]:
     """Measure the label systematics of a freshly trained ``model`` from its cross-validation
     (``cv_folds``, from :func:`gsn_dask.emulator_torch.train_gsn`'s report) and store the record
     in ``model.meta["label_systematics"]`` (written to ``model.json`` by ``model.save``); returns
     the record. The fold models fit their held-out stars (at most 800, a subset fixed by the
-    training seed) with ``config`` (default :class:`~gsn_dask.fit.config.FitConfig`)."""
+    training seed) with ``config`` (default :class:`~gsn_dask.fit.config.FitConfig`); ``by``: the
+    fitted label in whose quantile bins sigma is also measured (:func:`estimate_label_systematics`)."""
     if not cv_folds.models:
         raise ValueError("no fold models: the training kept no cross-validation to calibrate with")
     if list(cv_folds.models[0].label_names) != list(model.label_names):
         raise ValueError(f"fold models emulate {cv_folds.models[0].label_names}, the model {model.label_names}")
     record = estimate_label_systematics(
         cv_folds.models, cv_folds.flux, cv_folds.ivar, cv_folds.labels, cv_folds.model_index,
-        config=config, seed=cv_folds.seed, progress=progress, done=cv_folds.fits,
+        config=config, seed=cv_folds.seed, by=by, progress=progress, done=cv_folds.fits,
     )
     model.meta["label_systematics"] = record
     return record
@@ -325,7 +327,8 @@ def train_and_calibrate(
                               relabel=lambda cv, share: refined_labels(cv, share, progress=progress))
     report["label_systematics"] = None
     if report["recipe"].label_systematics:
-        report["label_systematics"] = calibrate(model, report["cv_folds"], progress=progress)
+        report["label_systematics"] = calibrate(model, report["cv_folds"], by=recipe.label_systematics_by,
+                                                progress=progress)
     return model, report
 
 

@@ -79,7 +79,9 @@ class TrainRecipe:
     :data:`AUTO_NOISE_SHARE` for the labels the cube has, when it has observed stars and the recipe
     refits after K-fold CV, else None: :meth:`noise_share_for`). The emulator error, the label
     systematics, the Kiel prior and the label box still come from the given labels.
-    ``seed`` fixes folds, initialisation and batches.
+    ``label_systematics_by``: the label in whose quantile bins of the fitted value the label
+    systematics are also measured (the fit uses the bin of each star's MAP value). ``seed`` fixes
+    folds, initialisation and batches.
     """
 
     labels: tuple[str, ...] | None = None
@@ -105,6 +107,7 @@ class TrainRecipe:
     final: str = "refit"
     ensemble: int = 1
     label_systematics: bool = True
+    label_systematics_by: str = "teff"
     label_prior: str = "auto"
     label_outlier_z: float | Mapping[str, float] | None = None
     label_noise_share: float | Mapping[str, float] | str | None = "auto"

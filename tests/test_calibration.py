@@ -66,8 +66,9 @@ def test_estimate_recovers_reference_label_noise(model):
     assert all(abs(out["z_std_total"][k] - 1.0) < 1e-6 for k in out["z_std_total"])
 
 
-def test_estimate_bins_by_teff(model):
-    """With enough stars the estimate also gives Teff-binned values (quantile bins of the fit)."""
+@pytest.mark.parametrize("by", ["teff", "logg"])
+def test_estimate_bins_by_a_label(model, by):
+    """With enough stars the estimate also gives binned values (quantile bins of the fitted ``by``)."""
     rng = np.random.default_rng(8)
     lo, hi = model.bounds[:, 0], model.bounds[:, 1]
     n = 40
@@ -75,11 +76,13 @@ def test_estimate_bins_by_teff(model):
     ref = truth + rng.normal(size=(n, 3)) * np.array([100.0, 0.2, 0.1])
     flux, ivar = zip(*(draw(model, t, snr=60, seed=100 + i) for i, t in enumerate(truth)))
     out = estimate_label_systematics([model], np.array(flux), np.array(ivar), ref, np.zeros(n, int),
-                                     config=FitConfig(n_coarse=256), max_stars=None, min_per_bin=20)
+                                     config=FitConfig(n_coarse=256), max_stars=None, min_per_bin=20, by=by)
     b = out["binned"]
-    assert b["by"] == "teff" and len(b["edges"]) == 3 and sum(b["n_star"]) == n
+    assert b["by"] == by and len(b["edges"]) == 3 and sum(b["n_star"]) == n
+    k = ["teff", "logg", "feh"].index(by)
+    assert lo[k] <= b["edges"][0] < b["edges"][1] < b["edges"][2] <= hi[k]  # quantiles of that label's fits
     assert all(len(v) == 2 and all(x >= 0 for x in v) for v in b["sigma"].values())
-    assert systematics_from_record(out, ["teff", "logg", "feh"]).by == "teff"
+    assert systematics_from_record(out, ["teff", "logg", "feh"]).by == by
 
 
 def test_estimate_skips_stars_without_a_fold_model(model):
@@ -328,6 +331,29 @@ def test_label_noise_share_auto_moves_teff_and_feh_of_observed_stars_only():
     synthetic, _ = train_and_calibrate(ds.assign(source=("star", np.full(ds.sizes["star"], "turbospectrum:grid"))), **kw)
     for m in (alone, one_split, synthetic):
         assert "errors_in_variables" not in m.meta["training"] and m.meta["training"]["config"]["label_noise_share"] is None
+
+
+@needs_torch
+def test_label_systematics_by_reaches_the_calibration(monkeypatch):
+    """``label_systematics_by``: the calibration bins in that label (the network is the same); a
+    label the cube lacks is refused before any training."""
+    import gsn_dask.calibration as cal
+    from gsn_dask.cube import log_lambda_grid
+    from gsn_dask.emulator_torch import analytic_cube
+
+    seen = []
+    real = cal.estimate_label_systematics
+    monkeypatch.setattr(cal, "estimate_label_systematics", lambda *a, **k: seen.append(k["by"]) or real(*a, **k))
+    ds = analytic_cube(60, wavelength=log_lambda_grid(4000, 4400), snr=80, seed=5)
+    kw = dict(hidden=16, epochs=10, folds=2, seed=0, threads=1, progress=False, label_noise_share=None)
+    by_teff, _ = cal.train_and_calibrate(ds, **kw)
+    by_logg, _ = cal.train_and_calibrate(ds, label_systematics_by="logg", **kw)
+    assert seen == ["teff", "logg"]
+    np.testing.assert_array_equal(by_teff.W_out, by_logg.W_out)
+    assert by_logg.meta["training"]["recipe"]["label_systematics_by"] == "logg"
+    with pytest.raises(ValueError, match="label_systematics_by 'alpha_fe'"):
+        cal.train_and_calibrate(ds, label_systematics_by="alpha_fe", **kw)
+    assert seen == ["teff", "logg"]
 
 
 @needs_torch

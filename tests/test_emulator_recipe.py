@@ -38,6 +38,7 @@ def test_cli_defaults_are_the_default_recipe():
     assert recipe_from_args(parse("--label-noise-share", "teff=0.5")).label_noise_share == {"teff": 0.5}
     assert DEFAULT_RECIPE.label_noise_share == "auto"  # measured and kept (README: `gsn-dask train`)
     assert recipe_from_args(parse("--label-noise-share", "auto")) == DEFAULT_RECIPE
+    assert recipe_from_args(parse("--label-systematics-by", "logg")) == DEFAULT_RECIPE.replace(label_systematics_by="logg")
     assert recipe_from_args(parse("--label-noise-share", "none", "--label-outlier-z", "off")) == DEFAULT_RECIPE.replace(
         label_noise_share=None, label_outlier_z=None)
 

@@ -71,6 +71,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-label-systematics", action="store_true",
                    help="skip the CV fits that measure each label's systematic error (the fit then reports "
                         "purely statistical intervals for this model)")
+    p.add_argument("--label-systematics-by", default=R.label_systematics_by, metavar="LABEL",
+                   help="measure the label systematics also in quantile bins of this fitted label (default "
+                        "%(default)s; e.g. logg, so that giants and dwarfs get their own interval floors)")
     p.add_argument("--label-prior", default=R.label_prior, choices=["auto", "kiel", "none"],
                    help="kiel: store the density of the training stars in (Teff, log g) as the fit's prior (it keeps "
                         "fits off where no star lives, e.g. K dwarfs at log g 5; `gsn-dask fit --set label_prior=none` "
@@ -142,6 +145,7 @@ def recipe_from_args(args: argparse.Namespace) -> TrainRecipe:
         label_ranges=ranges,
         mask_telluric=args.mask_telluric,
         label_systematics=not args.no_label_systematics,
+        label_systematics_by=args.label_systematics_by,
         label_prior=args.label_prior,
         label_outlier_z=args.label_outlier_z,
         label_noise_share=args.label_noise_share,
