@@ -148,13 +148,12 @@ class TrainRecipe:
             bad.append(f"label_prior {self.label_prior!r} (use one of {LABEL_PRIOR_MODES})")
         if self.final not in FINAL_MODES:
             bad.append(f"final {self.final!r} (use one of {FINAL_MODES})")
-        refit = self.folds >= 2 and self.final == "refit"
         zs = _values(self.label_outlier_z)
-        if self.label_outlier_z is not None and not (zs and min(zs) > 0 and refit):
+        if self.label_outlier_z is not None and not (zs and min(zs) > 0 and self.refits):
             bad.append(f"label_outlier_z {self.label_outlier_z!r} (must be > 0, with folds >= 2 and final 'refit': "
                        "the out-of-fold fits decide which stars the refit leaves out)")
         shares = _values(self.label_noise_share)
-        if self.label_noise_share not in (None, "auto") and not (shares and 0 < min(shares) and max(shares) <= 1 and refit):
+        if self.label_noise_share not in (None, "auto") and not (shares and 0 < min(shares) and max(shares) <= 1 and self.refits):
             bad.append(f"label_noise_share {self.label_noise_share!r} (auto, or in (0, 1] with folds >= 2 and final "
                        "'refit': the out-of-fold fits move the labels the refit trains on)")
         bad += [f"label range {n} = ({lo}, {hi})" for n, (lo, hi) in (self.label_ranges or {}).items() if not lo <= hi]
@@ -170,6 +169,12 @@ class TrainRecipe:
             return [int(self.hidden)] * int(self.n_hidden_layers)
         return [int(h) for h in self.hidden]
 
+    @property
+    def refits(self) -> bool:
+        """Whether the final model is retrained on all stars after K-fold CV (the step that the
+        out-of-fold fits can change: ``label_outlier_z``, ``label_noise_share``)."""
+        return self.folds >= 2 and self.final == "refit"
+
     def noise_share_for(self, labels: Sequence[str], observed: bool) -> float | dict[str, float] | None:
         """The ``label_noise_share`` a training of ``labels`` uses (``observed``: whether the cube has
         observed stars, the only ones whose labels move): the recipe's value, or for ``auto``
@@ -178,7 +183,7 @@ class TrainRecipe:
         if self.label_noise_share != "auto":
             return self.label_noise_share
         share = {n: s for n, s in AUTO_NOISE_SHARE.items() if n in labels}
-        return share if share and observed and self.folds >= 2 and self.final == "refit" else None
+        return share if share and observed and self.refits else None
 
     def kiel_prior_for(self, cube_attrs: Mapping[str, Any]) -> bool:
         """Whether a model trained on a cube with ``cube_attrs`` gets the Kiel prior."""

@@ -604,14 +604,15 @@ def train_gsn(
         for j, k in enumerate(k_list):
             model_index[(fold == k) & observed] = j  # the calibration fits observed stars only
         cv_folds = CVFolds([_with_error(m, emu_err) for m in fold_models], model_index, flux, ivar, lab, recipe.seed)
-        keep, screened = (np.ones(lab.shape[0], bool), None) if recipe.label_outlier_z is None else screen(cv_folds, recipe.label_outlier_z)
+        z_max = recipe.label_outlier_z
+        keep, screened = (np.ones(lab.shape[0], bool), None) if z_max is None else screen(cv_folds, z_max)
         final_arrays, refined = arrays, None
         if share is not None:  # errors in variables: the final network's labels
             lab_final, refined = relabel(cv_folds, share)
             refined["labels_sha256"] = labels_sha256(lab_final)
             final_arrays = (scaler.scale(np.c_[lab_final, observed] if flagged else lab_final), *arrays[1:])
         final_gsn = fold_models[0]
-        if recipe.folds >= 2 and recipe.final == "refit":
+        if recipe.refits:
             final_gsn, _ = _train_members(final_arrays, keep, None, epochs=n_final, patience=0,
                                           seed0=recipe.seed, desc="final", **run)
             if flagged:

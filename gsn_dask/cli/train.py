@@ -103,7 +103,7 @@ def _per_label_value(text: str) -> float | dict[str, float] | str | None:
     labels), ``none`` (off) or ``auto`` (the recipe's rule; ``--label-noise-share`` only)."""
     word = text.strip().lower()
     if word in ("none", "off", "auto"):
-        return None if word != "auto" else word
+        return "auto" if word == "auto" else None
     try:
         if "=" not in text:
             return float(text)
