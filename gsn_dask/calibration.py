@@ -10,12 +10,16 @@ from the CV residuals, rank 32, only halved the z spread in our MILES test).
 
 So the calibration is done in label space. Every training star is fitted (MAP + Laplace
 covariance, :func:`gsn_dask.fit.start.find_map`) by the fold model that did not see it; per label the
-systematic sigma is the value that makes the robust spread of
-``z = (fit - label) / hypot(sigma_stat, sigma)`` one (median |z| = 0.6745, as for a unit
-Gaussian; robust to the few stars whose reference labels are wrong), overall and in quantile
-bins of the fitted Teff (the errors of cool and hot stars are twice those of solar-type stars
-in MILES). The fit then widens each star's 68% interval in quadrature by the value of its Teff
-bin (:func:`gsn_dask.fit.result.widen_intervals`).
+systematic sigma is the value with which ``|fit - label| <= hypot(sigma_stat, sigma)`` for 68.3%
+of the stars (``target="coverage"``: the interval covers the reference label as often as a 68%
+interval should; a quantile, so robust to the few stars whose reference labels are wrong), or
+(``target="median"``, the default) that makes the median |z| of
+``z = (fit - label) / hypot(sigma_stat, sigma)`` 0.6745 as for a unit Gaussian (also robust), which
+covers fewer than 68% when the errors have heavy tails, as MILES' log g and [Fe/H] do. Sigma is solved overall
+and in quantile bins of the fitted Teff (the errors of cool and hot stars are twice those of
+solar-type stars in MILES), optionally apart for giants and dwarfs (``split``). The fit then
+widens each star's 68% interval in quadrature by the value of its bin
+(:func:`gsn_dask.fit.result.widen_intervals`).
 
 The reference labels' own errors are part of what this measures: intervals calibrated this way
 cover the *reference* values 68% of the time, which is what a validation against a survey or
@@ -33,7 +37,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,32 +76,44 @@ def _note(progress: bool, msg: str) -> None:
 
 #: median |z| of a unit Gaussian (Phi^-1(0.75)).
 MEDIAN_ABS_Z = 0.6744897501960817
+#: probability of a unit Gaussian inside one sigma
+COVERAGE_68 = 0.6826894921370859
 
 
-def solve_sigma_sys(delta: np.ndarray, sigma_stat: np.ndarray, target: float = MEDIAN_ABS_Z) -> float:
-    """The sigma >= 0 with ``median(|delta| / hypot(sigma_stat, sigma)) = target`` (bisection);
-    0 if the statistical errors alone already give a median |z| <= target."""
+def _bisect_floor(delta: np.ndarray, sigma_stat: np.ndarray, enough: Callable[[np.ndarray, np.ndarray], bool],
+                  hi: float) -> float:
+    """The smallest sigma >= 0 (bisection on [0, ``hi`` x max |delta|]) for which ``enough(|delta|,
+    hypot(sigma_stat, sigma))`` holds on the finite pairs; 0 if it holds at 0, NaN without pairs."""
     d = np.abs(np.asarray(delta, dtype=np.float64))
     s = np.asarray(sigma_stat, dtype=np.float64)
     ok = np.isfinite(d) & np.isfinite(s) & (s >= 0)
     d, s = d[ok], s[ok]
     if d.size == 0:
         return float("nan")
-
-    def med_z(sig: float) -> float:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return float(np.median(d / np.sqrt(s**2 + sig**2)))
-
-    if med_z(0.0) <= target:
+    if enough(d, s):
         return 0.0
-    lo, hi = 0.0, float(np.max(d)) / target + 1e-12
+    lo, up = 0.0, float(np.max(d)) * hi + 1e-12
     for _ in range(100):
-        mid = 0.5 * (lo + hi)
-        if med_z(mid) > target:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
+        mid = 0.5 * (lo + up)
+        lo, up = (lo, mid) if enough(d, np.sqrt(s**2 + mid**2)) else (mid, up)
+    return 0.5 * (lo + up)
+
+
+def solve_sigma_sys(delta: np.ndarray, sigma_stat: np.ndarray, target: float = MEDIAN_ABS_Z) -> float:
+    """The sigma >= 0 with ``median(|delta| / hypot(sigma_stat, sigma)) = target`` (bisection);
+    0 if the statistical errors alone already give a median |z| <= target."""
+    def enough(d: np.ndarray, width: np.ndarray) -> bool:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return float(np.median(d / width)) <= target
+
+    return _bisect_floor(delta, sigma_stat, enough, 1.0 / target)
+
+
+def solve_sigma_coverage(delta: np.ndarray, sigma_stat: np.ndarray, target: float = COVERAGE_68) -> float:
+    """The sigma >= 0 with which a fraction ``target`` of the stars has ``|delta| <=
+    hypot(sigma_stat, sigma)`` (the 68% interval covers the reference label 68% of the time;
+    bisection); 0 if the statistical errors alone cover that many."""
+    return _bisect_floor(delta, sigma_stat, lambda d, width: float(np.mean(d <= width)) >= target, 1.0)
 
 
 def out_of_fold_fits(models: Sequence[Any], flux: np.ndarray, ivar: np.ndarray, model_index: np.ndarray,
@@ -144,6 +160,60 @@ def _held_out_deltas(models: Sequence[Any], flux: np.ndarray, ivar: np.ndarray, 
     return fit, sd, delta, np.all(np.isfinite(delta) & np.isfinite(sd), axis=1), (cfg, idx, fit, sd)
 
 
+#: how a systematic sigma is solved: the robust spread of z, or the 68% coverage of the labels
+SOLVERS = {"median": solve_sigma_sys, "coverage": solve_sigma_coverage}
+
+
+def _quantile_bins(fit: np.ndarray, sd: np.ndarray, delta: np.ndarray, names: list[str], by: str | None,
+                   n_bins: int, solve: Any) -> dict[str, Any] | None:
+    """The ``binned`` record: sigma per label in ``n_bins`` quantile bins of the fitted ``by``; None
+    when there are fewer than 2 bins or a bin cannot be solved."""
+    if by not in names or n_bins < 2:
+        return None
+    v = fit[:, names.index(by)]
+    edges = np.quantile(v, np.linspace(0.0, 1.0, n_bins + 1))
+    k = np.clip(np.searchsorted(edges, v, side="right") - 1, 0, n_bins - 1)
+    binned = {n: [solve(delta[k == b, j], sd[k == b, j]) for b in range(n_bins)] for j, n in enumerate(names)}
+    if not all(np.isfinite(x) for vals in binned.values() for x in vals):
+        return None
+    return {"by": by, "edges": [float(e) for e in edges], "sigma": {n: [float(x) for x in vals] for n, vals in binned.items()},
+            "n_star": [int((k == b).sum()) for b in range(n_bins)]}
+
+
+def systematics_record(fit: np.ndarray, sd: np.ndarray, delta: np.ndarray, names: Sequence[str], *,
+                       by: str | None = "teff", split: tuple[str, float] | None = None, target: str = "median",
+                       max_bins: int = 5, min_per_bin: int = 60) -> dict[str, Any]:
+    """The systematics of held-out fits (``fit``, their sigmas ``sd`` and ``delta = fit - label``,
+    each (n_star, n_label), all finite): per label ``sigma`` solved by ``target`` (:data:`SOLVERS`),
+    ``bias`` (median delta), the robust z spread before and after; ``binned`` in up to ``max_bins``
+    quantile bins of the fitted ``by`` with at least ``min_per_bin`` stars each; with ``split`` =
+    (label, value), ``classes``: the same, apart, for the stars fitted below and above the value
+    (e.g. giants and dwarfs at log g 3.8), when each class has ``min_per_bin`` stars."""
+    names, solve = list(names), SOLVERS[target]
+
+    def one(f: np.ndarray, s: np.ndarray, d: np.ndarray) -> dict[str, Any]:
+        sig = np.array([solve(d[:, k], s[:, k]) for k in range(len(names))])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z0, z1 = (np.median(np.abs(d) / x, axis=0) / MEDIAN_ABS_Z for x in (s, np.hypot(s, sig)))
+        rec = {"sigma": _clean(names, sig), "bias": _clean(names, np.median(d, axis=0)),
+               "z_std_stat": _clean(names, z0), "z_std_total": _clean(names, z1), "n_star": int(len(d))}
+        binned = _quantile_bins(f, s, d, names, by, min(int(max_bins), len(d) // max(int(min_per_bin), 1)), solve)
+        return rec if binned is None else {**rec, "binned": binned}
+
+    out = one(fit, sd, delta) if len(delta) else {"sigma": _clean(names, np.full(len(names), np.nan)), "n_star": 0}
+    if split is not None and split[0] in names and len(delta):
+        upper = fit[:, names.index(split[0])] >= float(split[1])
+        if min(upper.sum(), (~upper).sum()) >= min_per_bin:
+            out["classes"] = {"by": split[0], "at": [float(split[1])],
+                              "groups": [one(fit[m], sd[m], delta[m]) for m in (~upper, upper)]}
+    return out
+
+
+def _clean(names: list[str], values: np.ndarray) -> dict[str, float | None]:
+    """label -> value for JSON (an unmeasurable value -> null)."""
+    return {n: (float(v) if np.isfinite(v) else None) for n, v in zip(names, values)}
+
+
 def estimate_label_systematics(
     models: Sequence[Any],
     flux: np.ndarray,
@@ -155,6 +225,8 @@ def estimate_label_systematics(
     max_stars: int | None = 800,
     seed: int = 0,
     by: str | None = "teff",
+    split: tuple[str, float] | None = None,
+    target: str = "median",
     max_bins: int = 5,
     min_per_bin: int = 60,
     progress: bool = False,
@@ -165,53 +237,23 @@ def estimate_label_systematics(
     ``models[k]`` fits the stars with ``model_index == k`` (the fold model that did not train on
     them; -1 = skip); ``flux``/``ivar`` (stars, n_pix) normalised spectra on the models' grid,
     ``labels`` (stars, n_label) their reference labels. At most ``max_stars`` stars (a fixed
-    random subset, ``seed``) are fitted. Returns the ``model.json`` record: ``sigma`` and
-    ``bias`` (median fit - label) per label name, the robust z spread before (``z_std_stat``)
-    and after (``z_std_total``) the correction, ``n_star`` and the method; and, when the label
-    ``by`` exists and there are at least 2 x ``min_per_bin`` stars, ``binned``: sigma per label
-    in up to ``max_bins`` quantile bins of the fitted ``by`` label (``edges``, ``n_star``).
-    ``done``: held-out fits already made (:attr:`CVFolds.fits`), reused where they cover these stars."""
+    random subset, ``seed``) are fitted. Returns the ``model.json`` record
+    (:func:`systematics_record` with ``by``, ``split``, ``target``, ``max_bins``, ``min_per_bin``)
+    and the method. ``done``: held-out fits already made (:attr:`CVFolds.fits`), reused where they
+    cover these stars."""
     idx = np.flatnonzero(np.asarray(model_index) >= 0)
     if max_stars is not None and idx.size > max_stars:
         idx = np.sort(np.random.default_rng(seed).choice(idx, size=int(max_stars), replace=False))
     names = list(models[0].label_names)
     t0 = time.perf_counter()
     fit, sd, delta, ok, _ = _held_out_deltas(models, flux, ivar, labels, model_index, idx, config, progress, done)
-    sigma, bias, z0, z1 = {}, {}, {}, {}
-    for k, n in enumerate(names):
-        d, s = delta[ok, k], sd[ok, k]
-        sig = solve_sigma_sys(d, s)
-        sigma[n] = sig
-        bias[n] = float(np.median(d)) if d.size else float("nan")
-        with np.errstate(divide="ignore", invalid="ignore"):
-            z0[n] = float(np.median(np.abs(d) / s) / MEDIAN_ABS_Z) if d.size else float("nan")
-            z1[n] = float(np.median(np.abs(d) / np.hypot(s, sig)) / MEDIAN_ABS_Z) if d.size else float("nan")
-
-    def clean(d: dict[str, float]) -> dict[str, float | None]:  # JSON: unmeasurable -> null
-        return {k: (float(v) if np.isfinite(v) else None) for k, v in d.items()}
-
-    sigma, bias, z0, z1 = clean(sigma), clean(bias), clean(z0), clean(z1)
-    out: dict[str, Any] = {
-        "sigma": sigma,
-        "bias": bias,
-        "z_std_stat": z0,
-        "z_std_total": z1,
-        "n_star": int(ok.sum()),
-        "method": "K-fold CV: MAP + Laplace fit of each held-out training star by its fold model; "
-                  "per label sigma such that median |fit - label| / hypot(sigma_stat, sigma) = 0.6745",
-        "time_s": round(time.perf_counter() - t0, 2),
-    }
-    n_bins = min(int(max_bins), int(ok.sum()) // max(int(min_per_bin), 1))
-    if by in names and n_bins >= 2:
-        v = fit[ok, names.index(by)]
-        edges = np.quantile(v, np.linspace(0.0, 1.0, n_bins + 1))
-        k = np.clip(np.searchsorted(edges, v, side="right") - 1, 0, n_bins - 1)
-        binned = {n: [solve_sigma_sys(delta[ok, j][k == b], sd[ok, j][k == b]) for b in range(n_bins)]
-                  for j, n in enumerate(names)}
-        if all(np.isfinite(x) for vals in binned.values() for x in vals):
-            out["binned"] = {"by": by, "edges": [float(e) for e in edges],
-                             "sigma": {n: [float(x) for x in vals] for n, vals in binned.items()},
-                             "n_star": [int((k == b).sum()) for b in range(n_bins)]}
+    out = systematics_record(fit[ok], sd[ok], delta[ok], names, by=by, split=split, target=target,
+                             max_bins=max_bins, min_per_bin=min_per_bin)
+    rule = {"median": "median |fit - label| / hypot(sigma_stat, sigma) = 0.6745",
+            "coverage": "|fit - label| <= hypot(sigma_stat, sigma) for 68.3% of the stars"}[target]
+    out["method"] = f"K-fold CV: MAP + Laplace fit of each held-out training star by its fold model; per label sigma such that {rule}"
+    out["time_s"] = round(time.perf_counter() - t0, 2)
+    sigma = out["sigma"]
     _note(progress, f"label systematics from {out['n_star']} CV stars in {out['time_s']:.1f} s: sigma "
                     + ", ".join(f"{n} {v:.4g}" if v is not None else f"{n} -" for n, v in sigma.items()))
     return out
@@ -284,20 +326,20 @@ def refined_labels(cv_folds: CVFolds, share: float | Mapping[str, float], *, con
 
 
 def calibrate(model: GSN, cv_folds: CVFolds, *, config: FitConfig | None = None, by: str | None = "teff",
-              progress: bool = False) -> dict[str, Any]:
+              split: tuple[str, float] | None = None, target: str = "median", progress: bool = False) -> dict[str, Any]:
     """Measure the label systematics of a freshly trained ``model`` from its cross-validation
     (``cv_folds``, from :func:`gsn_dask.emulator_torch.train_gsn`'s report) and store the record
     in ``model.meta["label_systematics"]`` (written to ``model.json`` by ``model.save``); returns
     the record. The fold models fit their held-out stars (at most 800, a subset fixed by the
-    training seed) with ``config`` (default :class:`~gsn_dask.fit.config.FitConfig`); ``by``: the
-    fitted label in whose quantile bins sigma is also measured (:func:`estimate_label_systematics`)."""
+    training seed) with ``config`` (default :class:`~gsn_dask.fit.config.FitConfig`); ``by``,
+    ``split``, ``target``: the bins, classes and rule of :func:`systematics_record`."""
     if not cv_folds.models:
         raise ValueError("no fold models: the training kept no cross-validation to calibrate with")
     if list(cv_folds.models[0].label_names) != list(model.label_names):
         raise ValueError(f"fold models emulate {cv_folds.models[0].label_names}, the model {model.label_names}")
     record = estimate_label_systematics(
         cv_folds.models, cv_folds.flux, cv_folds.ivar, cv_folds.labels, cv_folds.model_index,
-        config=config, seed=cv_folds.seed, by=by, progress=progress, done=cv_folds.fits,
+        config=config, seed=cv_folds.seed, by=by, split=split, target=target, progress=progress, done=cv_folds.fits,
     )
     model.meta["label_systematics"] = record
     return record
@@ -328,9 +370,11 @@ def train_and_calibrate(
     report["label_systematics"] = None
     if report["recipe"].label_systematics:
         report["label_systematics"] = calibrate(model, report["cv_folds"], by=recipe.label_systematics_by,
-                                                progress=progress)
+                                                split=recipe.label_systematics_split,
+                                                target=recipe.label_systematics_target, progress=progress)
     return model, report
 
 
-__all__ = ["MEDIAN_ABS_Z", "calibrate", "contradicted_labels", "estimate_label_systematics", "out_of_fold_fits",
-           "refined_labels", "solve_sigma_sys", "train_and_calibrate"]
+__all__ = ["COVERAGE_68", "MEDIAN_ABS_Z", "SOLVERS", "calibrate", "contradicted_labels", "estimate_label_systematics",
+           "out_of_fold_fits", "refined_labels", "solve_sigma_coverage", "solve_sigma_sys", "systematics_record",
+           "train_and_calibrate"]

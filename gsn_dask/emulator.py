@@ -592,7 +592,9 @@ class GSN:
 
 
 def _drop_label_record(record: Any, name: str) -> Any:
-    """A ``model.json`` record with every per-label entry of ``name`` removed (nested dicts)."""
+    """A ``model.json`` record with every per-label entry of ``name`` removed (nested dicts and lists)."""
+    if isinstance(record, list):
+        return [_drop_label_record(v, name) for v in record]
     if not isinstance(record, Mapping):
         return record
     return {k: _drop_label_record(v, name) for k, v in record.items() if k != name}

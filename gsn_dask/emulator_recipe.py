@@ -20,6 +20,8 @@ from .emulator import ACTIVATIONS, LABEL_TRANSFORMS
 FINAL_MODES = ("refit", "none")
 #: Label priors a model can carry: the Kiel-diagram prior of its training labels, or none.
 LABEL_PRIOR_MODES = ("auto", "kiel", "none")
+#: how the calibration solves a label's systematic floor (:data:`gsn_dask.calibration.SOLVERS`)
+SYSTEMATICS_TARGETS = ("median", "coverage")
 #: Training-cube ``source`` attrs of observed-star libraries (``label_prior="auto"`` gives them a Kiel prior).
 OBSERVED_SOURCES = ("MILES",)
 #: ``label_noise_share="auto"``: the errors-in-variables shares (label -> share) that the default
@@ -80,8 +82,13 @@ class TrainRecipe:
     refits after K-fold CV, else None: :meth:`noise_share_for`). The emulator error, the label
     systematics, the Kiel prior and the label box still come from the given labels.
     ``label_systematics_by``: the label in whose quantile bins of the fitted value the label
-    systematics are also measured (the fit uses the bin of each star's MAP value). ``seed`` fixes
-    folds, initialisation and batches.
+    systematics are also measured (the fit uses the bin of the star's posterior median);
+    ``label_systematics_split`` = (label, value), e.g. ("logg", 3.8): measured apart, with their
+    own bins, for the stars fitted below and above the value (giants and dwarfs; None: one set);
+    ``label_systematics_target``: ``median`` (default) solves each floor so that the held-out
+    training stars' median |z| is that of a unit Gaussian (0.6745; narrower than 68% coverage
+    where the errors have heavy tails), ``coverage`` so that their 68% intervals cover their
+    labels 68.3% of the time (measured, not the default: README, `gsn-dask train`). ``seed`` fixes folds, initialisation and batches.
     """
 
     labels: tuple[str, ...] | None = None
@@ -108,6 +115,8 @@ class TrainRecipe:
     ensemble: int = 1
     label_systematics: bool = True
     label_systematics_by: str = "teff"
+    label_systematics_split: tuple[str, float] | None = None
+    label_systematics_target: str = "median"
     label_prior: str = "auto"
     label_outlier_z: float | Mapping[str, float] | None = None
     label_noise_share: float | Mapping[str, float] | str | None = "auto"
@@ -123,6 +132,9 @@ class TrainRecipe:
             v = getattr(self, name)
             if v is not None and not isinstance(v, str):
                 fix(self, name, {str(k): float(x) for k, x in v.items()} if isinstance(v, Mapping) else float(v))
+        if self.label_systematics_split is not None:
+            name, value = self.label_systematics_split
+            fix(self, "label_systematics_split", (str(name), float(value)))
         if self.wavelength_range is not None:
             fix(self, "wavelength_range", tuple(float(x) for x in self.wavelength_range))
         if self.label_ranges is not None:
@@ -146,6 +158,8 @@ class TrainRecipe:
             bad.append(f"synthetic_weight {self.synthetic_weight} (must be > 0)")
         if self.label_prior not in LABEL_PRIOR_MODES:
             bad.append(f"label_prior {self.label_prior!r} (use one of {LABEL_PRIOR_MODES})")
+        if self.label_systematics_target not in SYSTEMATICS_TARGETS:
+            bad.append(f"label_systematics_target {self.label_systematics_target!r} (use one of {SYSTEMATICS_TARGETS})")
         if self.final not in FINAL_MODES:
             bad.append(f"final {self.final!r} (use one of {FINAL_MODES})")
         zs = _values(self.label_outlier_z)

@@ -588,8 +588,9 @@ def train_gsn(
     for name, value, hook in (("label_outlier_z", recipe.label_outlier_z, screen), ("label_noise_share", share, relabel)):
         if value is not None and (hook is None or not set(value if isinstance(value, dict) else ()) <= set(data["labels"])):
             raise ValueError(f"{name} {value} needs gsn_dask.calibration.train_and_calibrate and labels among {data['labels']}")
-    if recipe.label_systematics and recipe.label_systematics_by not in data["labels"]:
-        raise ValueError(f"label_systematics_by {recipe.label_systematics_by!r}: not among the labels {data['labels']}")
+    for name, label in (("by", recipe.label_systematics_by), ("split", (recipe.label_systematics_split or [None])[0])):
+        if recipe.label_systematics and label is not None and label not in data["labels"]:
+            raise ValueError(f"label_systematics_{name} {label!r}: not among the labels {data['labels']}")
     with _deterministic(recipe.seed, threads):
         fold, k_list = assign_folds(lab[:, 0], recipe.folds, recipe.val_fraction, recipe.seed)
         oof, fold_info, fold_models = _cross_validate(arrays, lab_in, fold, k_list, t0=t0, **run)

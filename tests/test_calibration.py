@@ -11,16 +11,19 @@ import numpy as np
 import pytest
 
 from gsn_dask.calibration import (
+    COVERAGE_68,
     MEDIAN_ABS_Z,
     calibrate,
     contradicted_labels,
     estimate_label_systematics,
     refined_labels,
+    solve_sigma_coverage,
     solve_sigma_sys,
+    systematics_record,
 )
 from gsn_dask.emulator_data import CVFolds
 from gsn_dask.fit.config import FitConfig
-from gsn_dask.fit.result import systematics_from_record
+from gsn_dask.fit.result import systematics_from_record, with_extra_systematics
 from gsn_dask.fit.testing import noisy_spectrum, toy_model
 
 
@@ -47,6 +50,57 @@ def test_solve_sigma_sys_recovers_a_gaussian_floor():
     assert np.isnan(solve_sigma_sys(np.array([np.nan]), np.array([1.0])))
 
 
+def test_solve_sigma_coverage_covers_68_percent_and_widens_for_heavy_tails():
+    rng = np.random.default_rng(1)
+    s = rng.uniform(5.0, 20.0, 4000)
+    d = rng.normal(0.0, np.hypot(s, 50.0))
+    sig = solve_sigma_coverage(d, s)
+    assert sig == pytest.approx(50.0, rel=0.08)
+    assert np.mean(np.abs(d) <= np.hypot(s, sig * (1 + 1e-9))) >= COVERAGE_68 > np.mean(np.abs(d) <= np.hypot(s, 0.99 * sig))
+    # heavy tails (Student t, 2 dof): a median-matched floor covers about 65%, this one 68%
+    s = rng.uniform(5.0, 20.0, 20000)
+    t = rng.standard_t(2, s.size) * np.hypot(s, 50.0)
+    assert solve_sigma_coverage(t, s) > 1.05 * solve_sigma_sys(t, s)
+    assert np.mean(np.abs(t) <= np.hypot(s, solve_sigma_sys(t, s))) < 0.665
+    assert solve_sigma_coverage(rng.normal(0.0, 0.5 * s), s) == 0.0
+    assert np.isnan(solve_sigma_coverage(np.array([np.nan]), np.array([1.0])))
+
+
+def test_systematics_record_classes_giants_and_dwarfs_apart():
+    """``split``: the stars fitted below and above a label value get their own floors and bins; the
+    fit looks the class up first; extra systematics and the markdown report reach the classes."""
+    from gsn_dask.emulator import _drop_label_record
+    from gsn_dask.validate.report import _systematics_lines
+
+    rng = np.random.default_rng(3)
+    n = 1200
+    fit = np.c_[rng.uniform(4000, 6500, n), rng.uniform(1.0, 5.0, n), rng.uniform(-1, 0.3, n)]
+    giant = fit[:, 1] < 3.8
+    sd = np.full((n, 3), [20.0, 0.02, 0.01])
+    delta = rng.normal(size=(n, 3)) * np.where(giant[:, None], [150.0, 0.4, 0.15], [80.0, 0.15, 0.08])
+    names = ["teff", "logg", "feh"]
+    rec = systematics_record(fit, sd, delta, names, split=("logg", 3.8))
+    assert "classes" not in systematics_record(fit, sd, delta, names)
+    g, d = rec["classes"]["groups"]
+    assert rec["classes"]["by"] == "logg" and rec["classes"]["at"] == [3.8]
+    assert g["n_star"] == giant.sum() and d["n_star"] == (~giant).sum()
+    assert g["sigma"]["logg"] == pytest.approx(0.4, rel=0.15) and d["sigma"]["logg"] == pytest.approx(0.15, rel=0.15)
+    assert len(g["binned"]["edges"]) == 6 and len(d["binned"]["edges"]) == 6  # five Teff bins each
+    ls = systematics_from_record(json.loads(json.dumps(rec)), names)
+    assert ls.at(np.array([5000.0, 2.5, 0.0]))[1] == pytest.approx(0.4, rel=0.3)
+    assert ls.at(np.array([5000.0, 4.5, 0.0]))[1] == pytest.approx(0.15, rel=0.3)
+    one_set = systematics_from_record({k: v for k, v in rec.items() if k != "classes"}, names)
+    np.testing.assert_array_equal(ls.at(np.array([5000.0, np.nan, 0.0])), one_set.at(np.array([5000.0, 2.0, 0.0])))
+    assert json.loads(ls.to_json())["classes"]["groups"][1]["binned"]["sigma"]["logg"] == d["binned"]["sigma"]["logg"]
+    wider = with_extra_systematics(ls, names, {"feh": 0.3})
+    assert wider.at(np.array([5000.0, 4.5, 0.0]))[2] == pytest.approx(np.hypot(ls.at(np.array([5000.0, 4.5, 0.0]))[2], 0.3))
+    assert "feh" not in _drop_label_record(rec, "feh")["classes"]["groups"][0]["sigma"]
+    text = "\n".join(_systematics_lines(ls.to_json()))
+    assert "Stars fitted at logg < 3.8" in text and "Stars fitted at logg >= 3.8" in text
+    # too few stars in a class: no classes, the one-set values stay
+    assert "classes" not in systematics_record(fit, sd, delta, names, split=("logg", 1.05))
+
+
 def test_estimate_recovers_reference_label_noise(model):
     """Spectra made at the true labels, 'reference' labels = truth + known noise: the CV
     estimate must find that noise as the systematic floor (and the statistical z is too wide)."""
@@ -58,12 +112,17 @@ def test_estimate_recovers_reference_label_noise(model):
     ref = truth + rng.normal(size=(n, 3)) * noise
     flux, ivar = zip(*(draw(model, t, snr=80, rv=rng.uniform(-50, 50), seed=i) for i, t in enumerate(truth)))
     out = estimate_label_systematics([model], np.array(flux), np.array(ivar), ref, np.zeros(n, int),
-                                     config=FitConfig(n_coarse=256), max_stars=None)
+                                     config=FitConfig(n_coarse=256), max_stars=None)  # default: median
     assert out["n_star"] == n
     got = np.array([out["sigma"][k] for k in ("teff", "logg", "feh")])
     assert np.all((got > 0.6 * noise) & (got < 1.5 * noise)), got
     assert all(out["z_std_stat"][k] > 2.0 for k in out["z_std_stat"])
     assert all(abs(out["z_std_total"][k] - 1.0) < 1e-6 for k in out["z_std_total"])
+    cover = estimate_label_systematics([model], np.array(flux), np.array(ivar), ref, np.zeros(n, int),
+                                       config=FitConfig(n_coarse=256), max_stars=None, target="coverage")
+    got = np.array([cover["sigma"][k] for k in ("teff", "logg", "feh")])
+    assert np.all((got > 0.6 * noise) & (got < 1.6 * noise)), got
+    assert "68.3%" in cover["method"] and "0.6745" in out["method"]
 
 
 @pytest.mark.parametrize("by", ["teff", "logg"])
@@ -343,17 +402,21 @@ def test_label_systematics_by_reaches_the_calibration(monkeypatch):
 
     seen = []
     real = cal.estimate_label_systematics
-    monkeypatch.setattr(cal, "estimate_label_systematics", lambda *a, **k: seen.append(k["by"]) or real(*a, **k))
+    monkeypatch.setattr(cal, "estimate_label_systematics",
+                        lambda *a, **k: seen.append((k["by"], k["split"], k["target"])) or real(*a, **k))
     ds = analytic_cube(60, wavelength=log_lambda_grid(4000, 4400), snr=80, seed=5)
     kw = dict(hidden=16, epochs=10, folds=2, seed=0, threads=1, progress=False, label_noise_share=None)
     by_teff, _ = cal.train_and_calibrate(ds, **kw)
-    by_logg, _ = cal.train_and_calibrate(ds, label_systematics_by="logg", **kw)
-    assert seen == ["teff", "logg"]
+    by_logg, _ = cal.train_and_calibrate(ds, label_systematics_by="logg", label_systematics_split=("logg", 3.8),
+                                         label_systematics_target="coverage", **kw)
+    assert seen == [("teff", None, "median"), ("logg", ("logg", 3.8), "coverage")]
     np.testing.assert_array_equal(by_teff.W_out, by_logg.W_out)
     assert by_logg.meta["training"]["recipe"]["label_systematics_by"] == "logg"
-    with pytest.raises(ValueError, match="label_systematics_by 'alpha_fe'"):
-        cal.train_and_calibrate(ds, label_systematics_by="alpha_fe", **kw)
-    assert seen == ["teff", "logg"]
+    assert by_logg.meta["training"]["recipe"]["label_systematics_split"] == ["logg", 3.8]
+    for key, bad in (("label_systematics_by", "alpha_fe"), ("label_systematics_split", ("alpha_fe", 0.2))):
+        with pytest.raises(ValueError, match=f"{key} 'alpha_fe'"):
+            cal.train_and_calibrate(ds, **{key: bad}, **kw)
+    assert len(seen) == 2
 
 
 @needs_torch

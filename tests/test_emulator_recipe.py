@@ -41,6 +41,19 @@ def test_cli_defaults_are_the_default_recipe():
     assert recipe_from_args(parse("--label-systematics-by", "logg")) == DEFAULT_RECIPE.replace(label_systematics_by="logg")
     assert recipe_from_args(parse("--label-noise-share", "none", "--label-outlier-z", "off")) == DEFAULT_RECIPE.replace(
         label_noise_share=None, label_outlier_z=None)
+    assert recipe_from_args(parse("--label-systematics-split", "logg=3.8")).label_systematics_split == ("logg", 3.8)
+    assert recipe_from_args(parse("--label-systematics-split", "none")) == DEFAULT_RECIPE
+    assert DEFAULT_RECIPE.label_systematics_target == "median"  # coverage measured, not kept (README: `gsn-dask train`)
+    assert recipe_from_args(parse("--label-systematics-target", "coverage")) == DEFAULT_RECIPE.replace(
+        label_systematics_target="coverage")
+    with pytest.raises(ValueError, match="label_systematics_target 'mean'"):
+        DEFAULT_RECIPE.replace(label_systematics_target="mean")
+
+
+def test_cli_split_refuses_what_it_cannot_read(capsys):
+    with pytest.raises(SystemExit):
+        parse("--label-systematics-split", "logg")
+    assert "expected LABEL=VALUE" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("text", ["teff", "teff=a", "half"])

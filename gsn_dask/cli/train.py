@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..emulator import ACTIVATIONS
-from ..emulator_recipe import DEFAULT_RECIPE as R, TrainRecipe
+from ..emulator_recipe import DEFAULT_RECIPE as R, SYSTEMATICS_TARGETS, TrainRecipe
 
 
 def _ranges_text(ranges: Any) -> str:
@@ -74,6 +74,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--label-systematics-by", default=R.label_systematics_by, metavar="LABEL",
                    help="measure the label systematics also in quantile bins of this fitted label (default "
                         "%(default)s; e.g. logg, so that giants and dwarfs get their own interval floors)")
+    p.add_argument("--label-systematics-split", type=_split, default=R.label_systematics_split, metavar="LABEL=VALUE",
+                   help="measure the label systematics apart, each with its own bins, for the stars fitted below and "
+                        "above VALUE of LABEL (e.g. logg=3.8: giants and dwarfs); none: one set")
+    p.add_argument("--label-systematics-target", default=R.label_systematics_target, choices=SYSTEMATICS_TARGETS,
+                   help="median: each floor makes the held-out training stars' median |z| that of a unit Gaussian "
+                        "(narrower than 68%% coverage where the errors have heavy tails); coverage: makes their 68%% "
+                        "intervals cover their labels 68.3%% of the time (wider intervals; README: measured)")
     p.add_argument("--label-prior", default=R.label_prior, choices=["auto", "kiel", "none"],
                    help="kiel: store the density of the training stars in (Teff, log g) as the fit's prior (it keeps "
                         "fits off where no star lives, e.g. K dwarfs at log g 5; `gsn-dask fit --set label_prior=none` "
@@ -114,6 +121,17 @@ def _per_label_value(text: str) -> float | dict[str, float] | str | None:
             f"{text!r}: expected a number, NAME=VALUE,... (e.g. teff=0.5,feh=0.5), auto or none") from None
 
 
+def _split(text: str) -> tuple[str, float] | None:
+    """``--label-systematics-split``: ``logg=3.8`` or ``none``."""
+    if text.strip().lower() in ("none", "off"):
+        return None
+    name, _, value = text.partition("=")
+    try:
+        return name.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected LABEL=VALUE (e.g. logg=3.8) or none") from None
+
+
 def recipe_from_args(args: argparse.Namespace) -> TrainRecipe:
     """The default recipe changed by the command-line options."""
     if args.all_stars and args.label_range:
@@ -146,6 +164,8 @@ def recipe_from_args(args: argparse.Namespace) -> TrainRecipe:
         mask_telluric=args.mask_telluric,
         label_systematics=not args.no_label_systematics,
         label_systematics_by=args.label_systematics_by,
+        label_systematics_split=args.label_systematics_split,
+        label_systematics_target=args.label_systematics_target,
         label_prior=args.label_prior,
         label_outlier_z=args.label_outlier_z,
         label_noise_share=args.label_noise_share,

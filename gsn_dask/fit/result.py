@@ -129,20 +129,30 @@ def result_flags(post: Any, med: np.ndarray, rv: float, chi2r: float, snr: float
 
 class LabelSystematics:
     """A model's per-label systematic sigma (label units, ``label_names`` order): one global
-    value per label, and optionally piecewise-constant values in bins of one label (``by``,
-    e.g. teff: cool and hot stars have larger errors than solar-type ones), looked up at the
-    star's posterior median of that label."""
+    value per label, optionally piecewise-constant values in bins of one label (``by``, e.g.
+    teff: cool and hot stars have larger errors than solar-type ones), looked up at the star's
+    posterior median of that label; and optionally ``classes`` = (label, boundaries, one
+    LabelSystematics per class), e.g. giants and dwarfs split at log g 3.8, each with its own
+    values and bins, looked up first."""
 
     def __init__(self, label_names: list[str], sigma: np.ndarray, by: str | None = None,
-                 edges: np.ndarray | None = None, binned: np.ndarray | None = None) -> None:
+                 edges: np.ndarray | None = None, binned: np.ndarray | None = None,
+                 classes: tuple[str, np.ndarray, list[LabelSystematics]] | None = None) -> None:
         self.label_names = list(label_names)
         self.sigma = np.asarray(sigma, dtype=np.float64)
         self.by = by if by in self.label_names and edges is not None and binned is not None else None
         self.edges = None if self.by is None else np.asarray(edges, dtype=np.float64)
         self.binned = None if self.by is None else np.asarray(binned, dtype=np.float64)  # (n_bin, n_label)
+        ok = classes is not None and classes[0] in self.label_names and len(classes[2]) == len(classes[1]) + 1
+        self.classes = (classes[0], np.asarray(classes[1], dtype=np.float64), list(classes[2])) if ok else None
 
     def at(self, median: np.ndarray) -> np.ndarray:
         """Sigma (n_label,) for a star with posterior medians ``median``."""
+        if self.classes is not None:
+            name, bounds, groups = self.classes
+            c = float(np.asarray(median)[self.label_names.index(name)])
+            if np.isfinite(c):
+                return groups[int(np.searchsorted(bounds, c, side="right"))].at(median)
         if self.by is None:
             return self.sigma
         v = float(np.asarray(median)[self.label_names.index(self.by)])
@@ -151,12 +161,25 @@ class LabelSystematics:
         k = int(np.clip(np.searchsorted(self.edges, v, side="right") - 1, 0, len(self.binned) - 1))
         return self.binned[k]
 
-    def to_json(self) -> str:
+    def plus(self, add: np.ndarray) -> LabelSystematics:
+        """These systematics with ``add`` (n_label,) added in quadrature to every value."""
+        binned = None if self.binned is None else np.hypot(self.binned, add[None, :])
+        classes = None if self.classes is None else (*self.classes[:2], [g.plus(add) for g in self.classes[2]])
+        return LabelSystematics(self.label_names, np.hypot(self.sigma, add), self.by, self.edges, binned, classes)
+
+    def to_record(self) -> dict[str, Any]:
+        """The ``model.json`` form (:func:`systematics_from_record` reads it back)."""
         d: dict[str, Any] = {"sigma": dict(zip(self.label_names, self.sigma.tolist()))}
         if self.by is not None:
             d["binned"] = {"by": self.by, "edges": self.edges.tolist(),
                            "sigma": {n: self.binned[:, j].tolist() for j, n in enumerate(self.label_names)}}
-        return json.dumps(d, sort_keys=True)
+        if self.classes is not None:
+            d["classes"] = {"by": self.classes[0], "at": self.classes[1].tolist(),
+                            "groups": [g.to_record() for g in self.classes[2]]}
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_record(), sort_keys=True)
 
 
 def _finite_numbers(values: Any, *, nonnegative: bool = True) -> bool:
@@ -186,8 +209,7 @@ def with_extra_systematics(base: LabelSystematics | None, label_names: Sequence[
         return base
     if base is None:
         return LabelSystematics(names, add)
-    binned = None if base.binned is None else np.hypot(base.binned, add[None, :])
-    return LabelSystematics(names, np.hypot(base.sigma, add), base.by, base.edges, binned)
+    return base.plus(add)
 
 
 def systematics_from_record(rec: Mapping[str, Any] | str | None, label_names: Sequence[str]) -> LabelSystematics | None:
@@ -205,10 +227,23 @@ def systematics_from_record(rec: Mapping[str, Any] | str | None, label_names: Se
         return None
     b = rec.get("binned") or {}
     by, edges, bs = b.get("by"), b.get("edges"), b.get("sigma") or {}
+    binned = None
     if by in names and _finite_numbers(edges, nonnegative=False) and all(
             _finite_numbers(bs.get(n)) and len(bs[n]) == len(edges) - 1 for n in names):
-        return LabelSystematics(names, out, by, np.array(edges), np.array([bs[n] for n in names]).T)
-    return LabelSystematics(names, out)
+        binned = np.array([bs[n] for n in names]).T
+    return LabelSystematics(names, out, by if binned is not None else None, edges, binned, _classes(rec, names))
+
+
+def _classes(rec: Mapping[str, Any], names: list[str]) -> tuple[str, np.ndarray, list[LabelSystematics]] | None:
+    """The ``classes`` of a systematics record (label, boundaries, one LabelSystematics per class),
+    or None when absent or incomplete (then the record's other values are used)."""
+    c = rec.get("classes") or {}
+    at, groups = c.get("at"), c.get("groups")
+    if c.get("by") not in names or not _finite_numbers(at, nonnegative=False) or not isinstance(groups, list) \
+            or len(groups) != len(at) + 1:
+        return None
+    parsed = [systematics_from_record(g, names) if isinstance(g, Mapping) else None for g in groups]
+    return (c["by"], np.array(at, dtype=np.float64), parsed) if all(g is not None for g in parsed) else None
 
 
 def widen_intervals(res: FitResult | MutableMapping[str, Any],

@@ -221,14 +221,25 @@ def _systematics_lines(text: str | None) -> list[str]:
     lines = ["The fit folded each label's systematic error, measured in the model's training cross-validation, "
              "into [p16, p84] in quadrature; overall: "
              + ", ".join(f"{k} {v:.3g}" for k, v in sig.items()) + "."]
-    b = rec.get("binned")
-    if b:
-        names = list(b["sigma"])
-        e = b["edges"]
-        head = [f"{b['by']} bin (fit)", *names]
-        body = [[f"{e[i]:.0f} - {e[i + 1]:.0f}", *(f"{b['sigma'][n][i]:.3g}" for n in names)] for i in range(len(e) - 1)]
-        lines += ["", _md_table(head, body)]
+    lines += _binned_lines(rec.get("binned"))
+    c = rec.get("classes")
+    if c:
+        for g, (lo, hi) in zip(c["groups"], zip([None, *c["at"]], [*c["at"], None])):
+            where = " and ".join(x for x in (lo is not None and f"{c['by']} >= {lo:g}", hi is not None and f"{c['by']} < {hi:g}") if x)
+            lines += ["", f"Stars fitted at {where}: " + ", ".join(f"{k} {v:.3g}" for k, v in g["sigma"].items()) + "."]
+            lines += _binned_lines(g.get("binned"))
     return lines
+
+
+def _binned_lines(b: Mapping[str, Any] | None) -> list[str]:
+    """A markdown table of binned systematics (a record's ``binned``), or nothing."""
+    if not b:
+        return []
+    names = list(b["sigma"])
+    e = b["edges"]
+    head = [f"{b['by']} bin (fit)", *names]
+    body = [[f"{e[i]:.0f} - {e[i + 1]:.0f}", *(f"{b['sigma'][n][i]:.3g}" for n in names)] for i in range(len(e) - 1)]
+    return ["", _md_table(head, body)]
 
 
 def _class_scale_lines(report: ValidationReport) -> list[str]:
