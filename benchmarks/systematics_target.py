@@ -98,7 +98,7 @@ def paired(per_seed: dict, names: list[str]) -> dict:
             for lab in per_seed[next(iter(per_seed))][base][s]:
                 for stat in ("mad_std", "in68", "z_rstd"):
                     d = np.array([r[name][s][lab][stat] - r[base][s][lab][stat] for r in per_seed.values()])
-                    se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("nan")
+                    se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else None  # one seed: no error
                     out[name].setdefault(s, {}).setdefault(lab, {})[stat] = {"mean": float(d.mean()), "se": se}
     return out
 
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, sets in out["paired"].items():
         for s, labs in sets.items():
             print(f"{name} - {list(variants)[0]} {s:16s} " + "  ".join(
-                f"{lab} MAD {v['mad_std']['mean']:+.3g}±{v['mad_std']['se']:.2g} in68 {100 * v['in68']['mean']:+.1f}±{100 * v['in68']['se']:.1f}"
+                f"{lab} MAD {v['mad_std']['mean']:+.3g}±{v['mad_std']['se'] or 0:.2g} in68 {100 * v['in68']['mean']:+.1f}±{100 * (v['in68']['se'] or 0):.1f}"
                 for lab, v in labs.items()))
     print(f"saved {a.save}")
     return 0
