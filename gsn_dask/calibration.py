@@ -162,6 +162,9 @@ def _held_out_deltas(models: Sequence[Any], flux: np.ndarray, ivar: np.ndarray, 
 
 #: how a systematic sigma is solved: the robust spread of z, or the 68% coverage of the labels
 SOLVERS = {"median": solve_sigma_sys, "coverage": solve_sigma_coverage}
+#: each solver's rule, as ``model.json`` → ``label_systematics.method`` states it
+SOLVER_RULES = {"median": "median |fit - label| / hypot(sigma_stat, sigma) = 0.6745",
+                "coverage": "|fit - label| <= hypot(sigma_stat, sigma) for 68.3% of the stars"}
 
 
 def _quantile_bins(fit: np.ndarray, sd: np.ndarray, delta: np.ndarray, names: list[str], by: str | None,
@@ -200,8 +203,11 @@ def systematics_record(fit: np.ndarray, sd: np.ndarray, delta: np.ndarray, names
         binned = _quantile_bins(f, s, d, names, by, min(int(max_bins), len(d) // max(int(min_per_bin), 1)), solve)
         return rec if binned is None else {**rec, "binned": binned}
 
-    out = one(fit, sd, delta) if len(delta) else {"sigma": _clean(names, np.full(len(names), np.nan)), "n_star": 0}
-    if split is not None and split[0] in names and len(delta):
+    if not len(delta):  # nothing measured: every value null, as the record of a label without stars
+        nan = _clean(names, np.full(len(names), np.nan))
+        return {"sigma": nan, "bias": nan, "z_std_stat": nan, "z_std_total": nan, "n_star": 0}
+    out = one(fit, sd, delta)
+    if split is not None and split[0] in names:
         upper = fit[:, names.index(split[0])] >= float(split[1])
         if min(upper.sum(), (~upper).sum()) >= min_per_bin:
             out["classes"] = {"by": split[0], "at": [float(split[1])],
@@ -249,13 +255,11 @@ def estimate_label_systematics(
     fit, sd, delta, ok, _ = _held_out_deltas(models, flux, ivar, labels, model_index, idx, config, progress, done)
     out = systematics_record(fit[ok], sd[ok], delta[ok], names, by=by, split=split, target=target,
                              max_bins=max_bins, min_per_bin=min_per_bin)
-    rule = {"median": "median |fit - label| / hypot(sigma_stat, sigma) = 0.6745",
-            "coverage": "|fit - label| <= hypot(sigma_stat, sigma) for 68.3% of the stars"}[target]
-    out["method"] = f"K-fold CV: MAP + Laplace fit of each held-out training star by its fold model; per label sigma such that {rule}"
+    out["method"] = ("K-fold CV: MAP + Laplace fit of each held-out training star by its fold model; "
+                     f"per label sigma such that {SOLVER_RULES[target]}")
     out["time_s"] = round(time.perf_counter() - t0, 2)
-    sigma = out["sigma"]
     _note(progress, f"label systematics from {out['n_star']} CV stars in {out['time_s']:.1f} s: sigma "
-                    + ", ".join(f"{n} {v:.4g}" if v is not None else f"{n} -" for n, v in sigma.items()))
+                    + ", ".join(f"{n} {v:.4g}" if v is not None else f"{n} -" for n, v in out["sigma"].items()))
     return out
 
 
@@ -375,6 +379,6 @@ def train_and_calibrate(
     return model, report
 
 
-__all__ = ["COVERAGE_68", "MEDIAN_ABS_Z", "SOLVERS", "calibrate", "contradicted_labels", "estimate_label_systematics",
+__all__ = ["COVERAGE_68", "MEDIAN_ABS_Z", "SOLVERS", "SOLVER_RULES", "calibrate", "contradicted_labels", "estimate_label_systematics",
            "out_of_fold_fits", "refined_labels", "solve_sigma_coverage", "solve_sigma_sys", "systematics_record",
            "train_and_calibrate"]
