@@ -8,7 +8,8 @@ systematics, no Kiel prior: the calibration's fit) with every cross-validation f
 the final model, beside each fold model's own held-out training stars (the CV that sets the
 floors). Per class of the MILES label (giants log g < 3.8, dwarfs) it prints and saves 1.4826 MAD
 of fit - label, and the same for the mean of the fold models' fits (what averaging networks would
-give). Equal CV and hold-out scatter for the fold models, but a final model that differs from them
+give) and, with ``--distil M``, for the model ``gsn-dask train --distil M`` makes from the same
+training (M final networks averaged into a teacher, one network distilled from it). Equal CV and hold-out scatter for the fold models, but a final model that differs from them
 by more than they differ from each other, mean the hold-out's numbers are the network's draw:
 
     python benchmarks/network_variance.py --seeds 0 1 2
@@ -42,57 +43,34 @@ def class_scatter(delta: np.ndarray, labels: np.ndarray, names: list[str]) -> di
     return out
 
 
-def distilled(model, cv, seed: int, threads: int, members: int, copies: int):  # noqa: ANN001, ANN201
-    """(teacher, student): the teacher averages the final network and ``members - 1`` more trained
-    like it (same labels, weights and epochs, other seeds); the student is one network of the same
-    size trained on the teacher's spectra at the final network's training labels and at ``copies``
-    jittered copies of them (half the label systematics, inside the bounds)."""
+def distilled(model, cv, seed: int, threads: int, members: int):  # noqa: ANN001, ANN201
+    """The model ``gsn-dask train --distil members`` makes from this training: the package's
+    distillation step (:func:`gsn_dask.emulator_torch._distil`) on the final network's labels,
+    spectra and weights, with the model's emulator error."""
     import torch
     from gsn_dask.calibration import refined_labels
+    from gsn_dask.emulator import GSN
     from gsn_dask.emulator_data import loss_weights
     from gsn_dask.emulator_recipe import DEFAULT_RECIPE
-    from gsn_dask.emulator_torch import _deterministic, _fit_net, _gsn_from_net, _with_error, merge_ensemble
+    from gsn_dask.emulator_torch import _deterministic, _distil, _with_error
 
-    recipe = DEFAULT_RECIPE.replace(seed=seed)
+    recipe = DEFAULT_RECIPE.replace(seed=seed, distil=members)
     share = model.meta["training"]["config"]["label_noise_share"]
     labels = refined_labels(cv, share)[0] if share else np.asarray(cv.labels, float)
-    n_final = int(model.meta["training"]["final_epochs"])
     template = {"label_names": model.label_names, "label_units": model.label_units, "bounds": model.bounds,
                 "label_transforms": model.label_transforms, "wavelength": model.wavelength,
                 "normalisation": model.normalisation}
-    kw = dict(hidden=recipe.hidden_widths, activation=recipe.activation, dropout=recipe.dropout, epochs=n_final,
-              batch_size=recipe.batch_size, lr=recipe.lr, weight_decay=recipe.weight_decay, patience=0,
-              device=torch.device("cpu"), progress=False, desc="")
+    bare = GSN(hidden_layers=model.hidden_layers, W_out=model.W_out, b_out=model.b_out, activation=model.activation,
+               **template)
     w = loss_weights(cv.ivar, np.ones(len(labels), bool), recipe.weight_floor, recipe.synthetic_weight)
-    bare = _gsn_from_net_like(model)
-    nets = [bare]
     with _deterministic(seed, threads):
-        for e in range(1, members):
-            net, _ = _fit_net(model.scale(labels), cv.flux, w, None, None, None, seed=seed + 7919 * e, **kw)
-            nets.append(_gsn_from_net(net, template, None, {}))
-        teacher = merge_ensemble(nets)
-        rng = np.random.default_rng(seed)
-        sys_sigma = np.array([model.meta["label_systematics"]["sigma"][n] for n in model.label_names])
-        b = np.asarray(model.bounds, float)
-        aug = [labels] + [np.clip(labels + 0.5 * sys_sigma * rng.standard_normal(labels.shape), b[:, 0], b[:, 1])
-                          for _ in range(copies)]
-        aug = np.concatenate(aug)
-        y = teacher.predict(aug).astype(np.float32)
-        net, _ = _fit_net(model.scale(aug), y, np.ones_like(y), None, None, None, seed=seed + 104729, **kw)
-        student = _gsn_from_net(net, template, None, {})
-    return _with_error(teacher, model.emulator_error), _with_error(student, model.emulator_error)
+        student, _ = _distil(bare, (model.scale(labels), cv.flux, w), np.ones(len(labels), bool), len(model.label_names),
+                             recipe=recipe, template=template, epochs=int(model.meta["training"]["final_epochs"]),
+                             device=torch.device("cpu"), progress=False)
+    return _with_error(student, model.emulator_error)
 
 
-def _gsn_from_net_like(model):  # noqa: ANN001, ANN202
-    """``model``'s network alone (no meta, no emulator error), for merging."""
-    from gsn_dask.emulator import GSN
-
-    return GSN(hidden_layers=model.hidden_layers, W_out=model.W_out, b_out=model.b_out, activation=model.activation,
-               label_names=model.label_names, label_units=model.label_units, bounds=model.bounds,
-               label_transforms=model.label_transforms, wavelength=model.wavelength, normalisation=model.normalisation)
-
-
-def one_seed(seed: int, threads: int, members: int = 0, copies: int = 2) -> dict:
+def one_seed(seed: int, threads: int, members: int = 0) -> dict:
     """Train the demo's split with ``seed``; the scatter table of CV, fold models and final model."""
     import gsn_dask as gd
     from gsn_dask import demo
@@ -125,9 +103,8 @@ def one_seed(seed: int, threads: int, members: int = 0, copies: int = 2) -> dict
     rows["hold-out: mean of the fold models' fits"] = class_scatter(np.mean(fold_fits, axis=0) - truth, truth, names)
     rows["hold-out: final model"] = class_scatter(final_fit - truth, truth, names)
     if members > 1:
-        teacher, student = distilled(model, cv, seed, threads, members, copies)
-        rows[f"hold-out: teacher ({members} final networks averaged)"] = class_scatter(fits_by(teacher) - truth, truth, names)
-        rows[f"hold-out: student (one network, {copies} jittered copies)"] = class_scatter(fits_by(student) - truth, truth, names)
+        student = distilled(model, cv, seed, threads, members)
+        rows[f"hold-out: distilled from {members} final networks"] = class_scatter(fits_by(student) - truth, truth, names)
     giant = truth[:, names.index("logg")] < GIANT_LOGG
     pair = {}
     for cls, m in (("all", np.ones_like(giant)), ("giants", giant)):
@@ -146,15 +123,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default 0, the demo's)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per training (default 1)")
     ap.add_argument("--distil", type=int, default=0, metavar="M",
-                    help="also train M - 1 more final networks, average them (teacher) and distil one network "
-                         "from them (student); their hold-out rows are added")
-    ap.add_argument("--copies", type=int, default=2, help="jittered label copies the student trains on (default 2)")
+                    help="also the model that `gsn-dask train --distil M` makes from the same training (one more "
+                         "hold-out row)")
     ap.add_argument("--save", type=Path, default=OUT, help=f"JSON to merge the seeds into (default {OUT.name})")
     args = ap.parse_args(argv)
     saved = json.loads(args.save.read_text()) if args.save.exists() else {}
     per_seed = saved.get("per_seed", {})
     for seed in args.seeds:
-        r = one_seed(seed, args.threads, args.distil, args.copies)
+        r = one_seed(seed, args.threads, args.distil)
         per_seed[str(seed)] = r
         print(f"seed {seed} (model {r['model_id']}, {r['wall_s']} s): 1.4826 MAD Teff / log g / [Fe/H]")
         for name, tab in r["scatter"].items():

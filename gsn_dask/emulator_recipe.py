@@ -63,7 +63,11 @@ class TrainRecipe:
     observed stars only; ``source_input`` gives the network an extra input (1 observed, 0 synthetic)
     and keeps its observed branch: the input is held at 1 in the saved model
     (:func:`gsn_dask.emulator.fix_label`, exact), which then has the cube's labels and the usual cost,
-    while the synthetic spectra still shape the shared layers. ``ensemble`` networks are averaged into one GSN. ``label_systematics``:
+    while the synthetic spectra still shape the shared layers. ``ensemble`` networks are averaged into one GSN. ``distil`` = M >= 2
+    (with a refit and ``ensemble`` 1): M final networks (seeds as ``ensemble`` M) are averaged into a
+    teacher, and the model is one network of the recipe's size trained on the teacher's spectra
+    (:data:`gsn_dask.emulator_torch.DISTIL_COPIES` jittered label copies besides the stars' own): the
+    ensemble's lower network variance at one network's fit cost; 1 = off. ``label_systematics``:
     run the calibration step after training. ``label_prior``: ``kiel`` stores the Kiel-diagram
     prior of the training labels in the model (:mod:`gsn_dask.label_prior`; models with Teff and
     log g), ``none`` does not, ``auto`` does for a library of observed stars (cube attrs
@@ -113,6 +117,7 @@ class TrainRecipe:
     mask_telluric: bool = False
     final: str = "refit"
     ensemble: int = 1
+    distil: int = 1
     label_systematics: bool = True
     label_systematics_by: str = "teff"
     label_systematics_split: tuple[str, float] | None = None
@@ -149,7 +154,7 @@ class TrainRecipe:
         widths = (self.hidden,) if isinstance(self.hidden, int) else self.hidden
         if not widths or min(widths) < 1 or self.n_hidden_layers < 1:
             bad.append(f"hidden {self.hidden!r} x {self.n_hidden_layers} layers")
-        for name in ("epochs", "batch_size", "ensemble"):
+        for name in ("epochs", "batch_size", "ensemble", "distil"):
             if int(getattr(self, name)) < 1:
                 bad.append(f"{name} = {getattr(self, name)!r} (must be >= 1)")
         if not (0.0 < self.val_fraction < 1.0) or not (0.0 <= self.dropout < 1.0) or self.lr <= 0:
@@ -160,6 +165,9 @@ class TrainRecipe:
             bad.append(f"label_prior {self.label_prior!r} (use one of {LABEL_PRIOR_MODES})")
         if self.label_systematics_target not in SYSTEMATICS_TARGETS:
             bad.append(f"label_systematics_target {self.label_systematics_target!r} (use one of {SYSTEMATICS_TARGETS})")
+        if self.distil > 1 and not (self.refits and self.ensemble == 1):
+            bad.append(f"distil {self.distil} (needs folds >= 2, final 'refit' and ensemble 1: it distils the "
+                       "refit's networks into one)")
         if self.final not in FINAL_MODES:
             bad.append(f"final {self.final!r} (use one of {FINAL_MODES})")
         zs = _values(self.label_outlier_z)

@@ -46,6 +46,8 @@ def test_cli_defaults_are_the_default_recipe():
     assert DEFAULT_RECIPE.label_systematics_target == "median"  # coverage measured, not kept (README: `gsn-dask train`)
     assert recipe_from_args(parse("--label-systematics-target", "coverage")) == DEFAULT_RECIPE.replace(
         label_systematics_target="coverage")
+    assert DEFAULT_RECIPE.distil == 1  # distillation is measured on the hold-out only so far (README)
+    assert recipe_from_args(parse("--distil", "3")) == DEFAULT_RECIPE.replace(distil=3)
     with pytest.raises(ValueError, match="label_systematics_target 'mean'"):
         DEFAULT_RECIPE.replace(label_systematics_target="mean")
 

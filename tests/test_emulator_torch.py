@@ -307,3 +307,45 @@ def test_source_input_keeps_the_observed_branch_with_the_cube_labels():
     assert set(rec["sigma"]) == {"teff", "logg", "feh"} and rec["n_star"] <= 60
     plain, _ = train_gsn(_mixed_cube(), hidden=16, epochs=3, folds=3, threads=1, progress=False)
     assert not np.array_equal(plain.hidden_layers[0][1], model.hidden_layers[0][1])
+
+
+def test_distil_trains_one_network_close_to_the_teacher():
+    """recipe distil = M: the model is one network of the recipe's size, trained on the average of M
+    final networks, and it reproduces that average better than the members agree with each other."""
+    from gsn_dask.emulator_recipe import TrainRecipe
+    from gsn_dask.emulator_torch import DISTIL_COPIES, _distil, _fit_net, _gsn_from_net, merge_ensemble
+
+    ds = analytic_cube(120, wavelength=WAVE, seed=4)
+    recipe = TrainRecipe(hidden=24, epochs=30, folds=2, batch_size=32, lr=3e-3, weight_floor=0.0, distil=3, seed=5)
+    model, rep = train_gsn(ds, recipe, threads=1, progress=False)
+    assert model.hidden_widths == [24, 24, 24] and "ensemble" not in model.meta
+    rec = model.meta["training"]["distillation"]
+    assert rec["members"] == 3 and rec["copies"] == DISTIL_COPIES and rec["n_star"] == 120
+    assert model.meta["training"]["recipe"]["distil"] == 3
+    # the same step by hand: members, teacher, student
+    lab = labels_of(ds, model.label_names)
+    x = model.scale(lab)
+    y = np.asarray(ds["flux"].values, np.float32)
+    w = np.ones_like(y)
+    template = {"label_names": model.label_names, "bounds": model.bounds, "label_transforms": model.label_transforms,
+                "wavelength": model.wavelength, "label_units": model.label_units, "normalisation": model.normalisation}
+    kw = dict(hidden=[24] * 3, activation="silu", dropout=0.0, epochs=30, batch_size=32, lr=3e-3, weight_decay=1e-4,
+              patience=0, device=torch.device("cpu"), progress=False, desc="")
+    first = _gsn_from_net(_fit_net(x, y, w, None, None, None, seed=1, **kw)[0], template, None, {})
+    student, _ = _distil(first, (x, y, w), np.ones(len(x), bool), 3, recipe=recipe, template=template, epochs=30,
+                         device=torch.device("cpu"), progress=False)
+    second = _gsn_from_net(_fit_net(x, y, w, None, None, None, seed=5 + 7919, **kw)[0], template, None, {})
+    third = _gsn_from_net(_fit_net(x, y, w, None, None, None, seed=5 + 2 * 7919, **kw)[0], template, None, {})
+    teacher = merge_ensemble([first, second, third])
+    test = labels_of(analytic_cube(60, wavelength=WAVE, seed=8), model.label_names)
+    rms = lambda a, b: float(np.sqrt(np.mean((a.predict(test) - b.predict(test)) ** 2)))  # noqa: E731
+    assert student.hidden_widths == [24, 24, 24]
+    assert rms(student, teacher) < 0.5 * rms(first, second), (rms(student, teacher), rms(first, second))
+
+
+def test_distil_needs_a_refit_of_single_networks():
+    from gsn_dask.emulator_recipe import TrainRecipe
+
+    for bad in ({"distil": 0}, {"distil": 2, "folds": 1}, {"distil": 2, "ensemble": 2}, {"distil": 2, "final": "none"}):
+        with pytest.raises(ValueError, match="distil"):
+            TrainRecipe(**bad)
