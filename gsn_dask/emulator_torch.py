@@ -494,7 +494,7 @@ def _train_members(
 
 
 #: Distillation: jittered copies of the training labels the student also learns the teacher at, and
-#: the jitter (sigma, a fraction of each label's scaled range; about 130 K at 5500 K, 0.12 dex in log g
+#: the jitter (sigma, a fraction of each label's scaled range; about 150 K at 5500 K, 0.12 dex in log g
 #: and 0.08 dex in [Fe/H] on MILES).
 DISTIL_COPIES = 2
 DISTIL_JITTER = 0.02
