@@ -49,24 +49,23 @@ def distilled(model, cv, seed: int, threads: int, members: int):  # noqa: ANN001
     spectra and weights, with the model's emulator error."""
     import torch
     from gsn_dask.calibration import refined_labels
-    from gsn_dask.emulator import GSN
     from gsn_dask.emulator_data import loss_weights
-    from gsn_dask.emulator_recipe import DEFAULT_RECIPE
-    from gsn_dask.emulator_torch import _deterministic, _distil, _with_error
+    from gsn_dask.emulator_recipe import TrainRecipe
+    from gsn_dask.emulator_torch import _deterministic, _distil, _train_members, _with_error
 
-    recipe = DEFAULT_RECIPE.replace(seed=seed, distil=members)
+    recipe = TrainRecipe.from_json(model.meta["training"]["recipe"]).replace(distil=members)  # the training's own
     share = model.meta["training"]["config"]["label_noise_share"]
     labels = refined_labels(cv, share)[0] if share else np.asarray(cv.labels, float)
     template = {"label_names": model.label_names, "label_units": model.label_units, "bounds": model.bounds,
                 "label_transforms": model.label_transforms, "wavelength": model.wavelength,
                 "normalisation": model.normalisation}
-    bare = GSN(hidden_layers=model.hidden_layers, W_out=model.W_out, b_out=model.b_out, activation=model.activation,
-               **template)
     w = loss_weights(cv.ivar, np.ones(len(labels), bool), recipe.weight_floor, recipe.synthetic_weight)
-    with _deterministic(seed, threads):
-        student, _ = _distil(bare, (model.scale(labels), cv.flux, w), np.ones(len(labels), bool), len(model.label_names),
-                             recipe=recipe, template=template, epochs=int(model.meta["training"]["final_epochs"]),
-                             device=torch.device("cpu"), progress=False)
+    x, every, epochs = model.scale(labels), np.ones(len(labels), bool), int(model.meta["training"]["final_epochs"])
+    run = {"template": template, "device": torch.device("cpu"), "progress": False}
+    with _deterministic(seed, threads):  # the teacher: the final network again and M - 1 more, as train_gsn does
+        teacher, _ = _train_members((x, cv.flux, w), every, None, recipe=recipe.replace(ensemble=members, distil=1),
+                                    epochs=epochs, patience=0, seed0=seed, desc="final", **run)
+        student, _ = _distil(teacher, x, len(model.label_names), recipe=recipe, epochs=epochs, **run)
     return _with_error(student, model.emulator_error)
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from .emulator import GSN, default_normalisation
+from .emulator import GSN, SCALE_RANGE, default_normalisation
 from .emulator_recipe import DEFAULT_RECIPE, TrainRecipe
 from .labels import canonical_order
 
@@ -421,7 +421,38 @@ def training_meta(
     }
 
 
+#: Distillation: jittered copies of the training inputs at which the student also learns the
+#: teacher, and the jitter (sigma, a fraction of each label's scaled range; about 150 K at 5500 K,
+#: 0.12 dex in log g and 0.08 dex in [Fe/H] on MILES).
+DISTIL_COPIES = 2
+DISTIL_JITTER = 0.02
+
+
+def distillation_set(teacher: GSN, x: np.ndarray, n_label: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, targets) float32 a student network learns ``teacher`` from: the scaled inputs ``x``
+    and :data:`DISTIL_COPIES` copies with the first ``n_label`` inputs jittered by
+    :data:`DISTIL_JITTER` (clipped to the scaled range), and the teacher's spectra at all of them."""
+    rng = np.random.default_rng(seed)
+    lo, hi = SCALE_RANGE
+    copies = [x]
+    for _ in range(DISTIL_COPIES):
+        c = x.copy()
+        c[:, :n_label] = np.clip(c[:, :n_label] + DISTIL_JITTER * (hi - lo) * rng.standard_normal((len(c), n_label)), lo, hi)
+        copies.append(c.astype(np.float32))
+    inputs = np.concatenate(copies)
+    return inputs, teacher.predict(teacher.unscale(inputs)).astype(np.float32)
+
+
+def distillation_record(members: int, epochs: int, n_star: int) -> dict[str, Any]:
+    """``model.json`` ``training.distillation``: how the model was distilled from ``members`` networks."""
+    return {"members": int(members), "copies": DISTIL_COPIES, "jitter_scaled": DISTIL_JITTER, "epochs": int(epochs),
+            "n_star": int(n_star), "method": "teacher = mean spectrum of the final networks; student = one network "
+                                              "trained on the teacher's spectra at the training inputs and jittered copies"}
+
+
 __all__ = [
+    "DISTIL_COPIES",
+    "DISTIL_JITTER",
     "SOURCE_LABEL",
     "CVFolds",
     "analytic_cube",
@@ -429,6 +460,8 @@ __all__ = [
     "cv_metrics",
     "labels_sha256",
     "diagnostics_figure",
+    "distillation_record",
+    "distillation_set",
     "loss_weights",
     "observed_rows",
     "pixel_weights",

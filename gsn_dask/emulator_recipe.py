@@ -66,7 +66,7 @@ class TrainRecipe:
     while the synthetic spectra still shape the shared layers. ``ensemble`` networks are averaged into one GSN. ``distil`` = M >= 2
     (with a refit and ``ensemble`` 1): M final networks (seeds as ``ensemble`` M) are averaged into a
     teacher, and the model is one network of the recipe's size trained on the teacher's spectra
-    (:data:`gsn_dask.emulator_torch.DISTIL_COPIES` jittered label copies besides the stars' own): the
+    (:data:`gsn_dask.emulator_data.DISTIL_COPIES` jittered label copies besides the stars' own): the
     ensemble's lower network variance at one network's fit cost; 1 = off. ``label_systematics``:
     run the calibration step after training. ``label_prior``: ``kiel`` stores the Kiel-diagram
     prior of the training labels in the model (:mod:`gsn_dask.label_prior`; models with Teff and

@@ -37,7 +37,7 @@ import xarray as xr
 from torch import nn
 from torch.nn import functional as F
 
-from .emulator import GSN, SCALE_RANGE, default_normalisation, fix_label
+from .emulator import GSN, default_normalisation, fix_label
 from .emulator_data import (  # the numpy half of training; the figure and the test cube complete the API here
     SOURCE_LABEL,
     CVFolds,
@@ -46,6 +46,8 @@ from .emulator_data import (  # the numpy half of training; the figure and the t
     assign_folds,
     cv_metrics,
     diagnostics_figure,
+    distillation_record,
+    distillation_set,
     labels_sha256,
     loss_weights,
     observed_rows,
@@ -469,6 +471,12 @@ def _template(data: dict[str, Any], recipe: TrainRecipe) -> dict[str, Any]:
     }
 
 
+def _net_settings(recipe: TrainRecipe) -> dict[str, Any]:
+    """The recipe's network and optimiser settings, as :func:`_fit_net` takes them."""
+    return dict(hidden=recipe.hidden_widths, activation=recipe.activation, dropout=recipe.dropout,
+                batch_size=recipe.batch_size, lr=recipe.lr, weight_decay=recipe.weight_decay)
+
+
 def _train_members(
     arrays: tuple[np.ndarray, np.ndarray, np.ndarray], idx_tr: np.ndarray, idx_va: np.ndarray | None, *,
     recipe: TrainRecipe, template: dict[str, Any], epochs: int, patience: int, seed0: int, desc: str,
@@ -483,9 +491,8 @@ def _train_members(
         net, info = _fit_net(
             X[idx_tr], flux[idx_tr], w[idx_tr],
             X[idx_va] if has_va else None, flux[idx_va] if has_va else None, w[idx_va] if has_va else None,
-            hidden=recipe.hidden_widths, activation=recipe.activation, dropout=recipe.dropout,
-            batch_size=recipe.batch_size, lr=recipe.lr, weight_decay=recipe.weight_decay, device=device,
-            progress=progress, epochs=epochs, patience=patience, seed=seed0 + 7919 * e,
+            **_net_settings(recipe), device=device, progress=progress, epochs=epochs, patience=patience,
+            seed=seed0 + 7919 * e,
             desc=desc + (f" member {e + 1}/{recipe.ensemble}" if recipe.ensemble > 1 else ""),
         )
         gsns.append(_gsn_from_net(net, template, None, {}))
@@ -493,47 +500,15 @@ def _train_members(
     return (merge_ensemble(gsns) if len(gsns) > 1 else gsns[0]), infos
 
 
-#: Distillation: jittered copies of the training labels the student also learns the teacher at, and
-#: the jitter (sigma, a fraction of each label's scaled range; about 150 K at 5500 K, 0.12 dex in log g
-#: and 0.08 dex in [Fe/H] on MILES).
-DISTIL_COPIES = 2
-DISTIL_JITTER = 0.02
-
-
-def _distil(final_gsn: GSN, arrays: tuple[np.ndarray, np.ndarray, np.ndarray], keep: np.ndarray, n_label: int, *,
-            recipe: TrainRecipe, template: dict[str, Any], epochs: int, device: torch.device, progress: bool
-            ) -> tuple[GSN, dict[str, Any]]:
-    """(student, record) of recipe ``distil`` = M: the final network and M - 1 more trained like it
-    on the stars ``keep`` of ``arrays`` (seeds as ``ensemble`` M) averaged into a teacher; the
-    student, one network, trains for ``epochs`` on the teacher's spectra at those stars' scaled
-    inputs and at :data:`DISTIL_COPIES` copies with the first ``n_label`` inputs jittered by
-    :data:`DISTIL_JITTER` (inside the scaled range), every pixel weighted 1."""
-    X, flux, w = (a[keep] for a in arrays)
-    members = [final_gsn]
-    kw = dict(hidden=recipe.hidden_widths, activation=recipe.activation, dropout=recipe.dropout, epochs=epochs,
-              batch_size=recipe.batch_size, lr=recipe.lr, weight_decay=recipe.weight_decay, patience=0,
-              device=device, progress=progress)
-    for e in range(1, recipe.distil):
-        net, _ = _fit_net(X, flux, w, None, None, None, seed=recipe.seed + 7919 * e,
-                          desc=f"distil: teacher {e + 1}/{recipe.distil}", **kw)
-        members.append(_gsn_from_net(net, template, None, {}))
-    teacher = merge_ensemble(members)
-    rng = np.random.default_rng(recipe.seed)
-    lo, hi = SCALE_RANGE
-    copies = [X]
-    for _ in range(DISTIL_COPIES):
-        c = X.copy()
-        c[:, :n_label] = np.clip(c[:, :n_label] + DISTIL_JITTER * (hi - lo) * rng.standard_normal((len(c), n_label)), lo, hi)
-        copies.append(c.astype(np.float32))
-    x_s = np.concatenate(copies)
-    y_s = teacher.predict(teacher.unscale(x_s)).astype(np.float32)
-    net, _ = _fit_net(x_s, y_s, np.ones_like(y_s), None, None, None, seed=recipe.seed + 104729,
-                      desc="distil: student", **kw)
-    record = {"members": int(recipe.distil), "copies": DISTIL_COPIES, "jitter_scaled": DISTIL_JITTER,
-              "epochs": int(epochs), "n_star": int(len(X)),
-              "method": "teacher = mean spectrum of the final networks; student = one network trained on the "
-                        "teacher's spectra at the training inputs and jittered copies"}
-    return _gsn_from_net(net, template, None, {}), record
+def _distil(teacher: GSN, x: np.ndarray, n_label: int, *, recipe: TrainRecipe, template: dict[str, Any],
+            epochs: int, device: torch.device, progress: bool) -> tuple[GSN, dict[str, Any]]:
+    """(student, record) of recipe ``distil``: one network trained for ``epochs`` on ``teacher``'s
+    spectra (the final networks averaged) at the scaled inputs ``x`` and their jittered copies
+    (:func:`~gsn_dask.emulator_data.distillation_set`), every pixel weighted 1."""
+    x_s, y_s = distillation_set(teacher, x, n_label, recipe.seed)
+    net, _ = _fit_net(x_s, y_s, np.ones_like(y_s), None, None, None, **_net_settings(recipe), epochs=epochs, patience=0,
+                      seed=recipe.seed + 104729, device=device, progress=progress, desc="distil: student")
+    return _gsn_from_net(net, template, None, {}), distillation_record(recipe.distil, epochs, len(x))
 
 
 def _cross_validate(
@@ -656,11 +631,12 @@ def train_gsn(
             refined["labels_sha256"] = labels_sha256(lab_final)
             final_arrays = (scaler.scale(np.c_[lab_final, observed] if flagged else lab_final), *arrays[1:])
         final_gsn = fold_models[0]
-        if recipe.refits:
+        if recipe.refits:  # with distil M: M final networks (as ensemble M), the teacher of one
+            final_run = {**run, "recipe": recipe.replace(ensemble=recipe.distil, distil=1)} if recipe.distil > 1 else run
             final_gsn, _ = _train_members(final_arrays, keep, None, epochs=n_final, patience=0,
-                                          seed0=recipe.seed, desc="final", **run)
+                                          seed0=recipe.seed, desc="final", **final_run)
             if recipe.distil > 1:
-                final_gsn, distilled = _distil(final_gsn, final_arrays, keep, lab.shape[1], epochs=n_final, **run)
+                final_gsn, distilled = _distil(final_gsn, final_arrays[0][keep], lab.shape[1], epochs=n_final, **run)
                 _note(progress, f"distilled {recipe.distil} final networks into one ({time.perf_counter() - t0:.1f} s so far)")
             if flagged:
                 final_gsn = fix_label(final_gsn, SOURCE_LABEL, 1.0)

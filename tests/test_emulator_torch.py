@@ -313,7 +313,8 @@ def test_distil_trains_one_network_close_to_the_teacher():
     """recipe distil = M: the model is one network of the recipe's size, trained on the average of M
     final networks, and it reproduces that average better than the members agree with each other."""
     from gsn_dask.emulator_recipe import TrainRecipe
-    from gsn_dask.emulator_torch import DISTIL_COPIES, _distil, _fit_net, _gsn_from_net, merge_ensemble
+    from gsn_dask.emulator_data import DISTIL_COPIES
+    from gsn_dask.emulator_torch import _distil, _fit_net, _gsn_from_net, merge_ensemble
 
     ds = analytic_cube(120, wavelength=WAVE, seed=4)
     recipe = TrainRecipe(hidden=24, epochs=30, folds=2, batch_size=32, lr=3e-3, weight_floor=0.0, distil=3, seed=5)
@@ -331,12 +332,11 @@ def test_distil_trains_one_network_close_to_the_teacher():
                 "wavelength": model.wavelength, "label_units": model.label_units, "normalisation": model.normalisation}
     kw = dict(hidden=[24] * 3, activation="silu", dropout=0.0, epochs=30, batch_size=32, lr=3e-3, weight_decay=1e-4,
               patience=0, device=torch.device("cpu"), progress=False, desc="")
-    first = _gsn_from_net(_fit_net(x, y, w, None, None, None, seed=1, **kw)[0], template, None, {})
-    student, _ = _distil(first, (x, y, w), np.ones(len(x), bool), 3, recipe=recipe, template=template, epochs=30,
-                         device=torch.device("cpu"), progress=False)
-    second = _gsn_from_net(_fit_net(x, y, w, None, None, None, seed=5 + 7919, **kw)[0], template, None, {})
-    third = _gsn_from_net(_fit_net(x, y, w, None, None, None, seed=5 + 2 * 7919, **kw)[0], template, None, {})
+    first, second, third = (_gsn_from_net(_fit_net(x, y, w, None, None, None, seed=sd, **kw)[0], template, None, {})
+                            for sd in (1, 5 + 7919, 5 + 2 * 7919))
     teacher = merge_ensemble([first, second, third])
+    student, _ = _distil(teacher, x, 3, recipe=recipe, template=template, epochs=30, device=torch.device("cpu"),
+                         progress=False)
     test = labels_of(analytic_cube(60, wavelength=WAVE, seed=8), model.label_names)
     rms = lambda a, b: float(np.sqrt(np.mean((a.predict(test) - b.predict(test)) ** 2)))  # noqa: E731
     assert student.hidden_widths == [24, 24, 24]
