@@ -40,7 +40,8 @@ OUT = HERE / "results" / "systematics_target.json"
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
-    """``NAME=target=T[,split=LABEL:VALUE][,by=LABEL]`` -> (name, calibrate keywords)."""
+    """``NAME=target=T[,split=LABEL:VALUE][,by=LABEL]`` -> (name, calibrate keywords); ``T`` is
+    ``median``, ``coverage`` or per label ``teff:coverage+logg:coverage`` (others median)."""
     name, _, spec = text.partition("=")
     kw: dict = {}
     for part in filter(None, spec.split(",")):
@@ -48,6 +49,8 @@ def parse_variant(text: str) -> tuple[str, dict]:
         if key == "split":
             label, _, at = value.partition(":")
             kw["split"] = (label, float(at))
+        elif key == "target" and ":" in value:
+            kw[key] = dict(rule.split(":", 1) for rule in value.split("+"))
         elif key in ("target", "by"):
             kw[key] = value
         else:
@@ -103,17 +106,32 @@ def paired(per_seed: dict, names: list[str]) -> dict:
     return out
 
 
+def earlier_seeds(files: list[Path], variants: dict[str, dict]) -> dict:
+    """The per-seed records of ``files`` (saved by this script with the same ``variants``)."""
+    out: dict = {}
+    for f in files:
+        rec = json.loads(f.read_text())
+        if rec["variants"] != json.loads(json.dumps(variants, default=list)):
+            raise SystemExit(f"{f}: variants {rec['variants']} differ from this run's {variants}")
+        out.update({int(k): v for k, v in rec["per_seed"].items()})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--miles-cube", type=Path, required=True, help="gsn-dask grid miles (the README path's cube)")
     ap.add_argument("--lamost-cube", type=Path, required=True, help="gsn-dask ingest of the LAMOST files")
     ap.add_argument("--lamost", type=Path, required=True, help="the LAMOST files (for readme_path.py)")
     ap.add_argument("--work", type=Path, required=True)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="training seeds to run (none: only pair --with-results)")
     ap.add_argument("--variant", action="append", required=True, metavar="NAME=SPEC", help=parse_variant.__doc__)
     ap.add_argument("--save", type=Path, default=OUT)
+    ap.add_argument("--with-results", type=Path, nargs="*", default=[], metavar="FILE",
+                    help="files this script saved for other seeds (the same variants; e.g. a second process on "
+                         "another core): their seeds join the pairing")
     a = ap.parse_args(argv)
     variants = dict(parse_variant(v) for v in a.variant)
+    earlier = earlier_seeds(a.with_results, variants)
     full = gd.open_spectra(demo.miles_training_cube(progress=False)).load()
     demo_train = full.isel(star=np.flatnonzero(~demo.holdout_mask(full)))
     per_seed: dict = {}
@@ -128,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             for s, rows in per_seed[seed][name].items():
                 print(f"seed {seed} {name:16s} {s:16s} " + "  ".join(
                     f"{lab} {r['mad_std']:.3g} ({100 * r['in68']:.0f}%, z {r['z_rstd']:.2f})" for lab, r in rows.items()), flush=True)
+    per_seed = {**earlier, **per_seed}
     out = {"command": " ".join(sys.argv), "variants": variants, "per_seed": per_seed,
            "paired": paired(per_seed, list(variants))}
     a.save.write_text(json.dumps(out, indent=1, default=list))

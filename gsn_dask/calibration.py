@@ -167,8 +167,23 @@ SOLVER_RULES = {"median": "median |fit - label| / hypot(sigma_stat, sigma) = 0.6
                 "coverage": "|fit - label| <= hypot(sigma_stat, sigma) for 68.3% of the stars"}
 
 
+def label_solvers(target: str | Mapping[str, str], names: Sequence[str]) -> list[Any]:
+    """Each label's solver (:data:`SOLVERS`): ``target`` for every label, or label -> target (the
+    labels not named: ``median``)."""
+    if isinstance(target, str):
+        return [SOLVERS[target]] * len(names)
+    return [SOLVERS[target.get(n, "median")] for n in names]
+
+
+def solver_rule(target: str | Mapping[str, str], names: Sequence[str]) -> str:
+    """The rule of ``target`` in words, as ``model.json`` → ``label_systematics.method`` states it."""
+    if isinstance(target, str):
+        return SOLVER_RULES[target]
+    return "; ".join(f"{n}: {SOLVER_RULES[target.get(n, 'median')]}" for n in names)
+
+
 def _quantile_bins(fit: np.ndarray, sd: np.ndarray, delta: np.ndarray, names: list[str], by: str | None,
-                   n_bins: int, solve: Any) -> dict[str, Any] | None:
+                   n_bins: int, solve: list[Any]) -> dict[str, Any] | None:
     """The ``binned`` record: sigma per label in ``n_bins`` quantile bins of the fitted ``by``; None
     when there are fewer than 2 bins or a bin cannot be solved."""
     if by not in names or n_bins < 2:
@@ -176,7 +191,7 @@ def _quantile_bins(fit: np.ndarray, sd: np.ndarray, delta: np.ndarray, names: li
     v = fit[:, names.index(by)]
     edges = np.quantile(v, np.linspace(0.0, 1.0, n_bins + 1))
     k = np.clip(np.searchsorted(edges, v, side="right") - 1, 0, n_bins - 1)
-    binned = {n: [solve(delta[k == b, j], sd[k == b, j]) for b in range(n_bins)] for j, n in enumerate(names)}
+    binned = {n: [solve[j](delta[k == b, j], sd[k == b, j]) for b in range(n_bins)] for j, n in enumerate(names)}
     if not all(np.isfinite(x) for vals in binned.values() for x in vals):
         return None
     return {"by": by, "edges": [float(e) for e in edges], "sigma": {n: [float(x) for x in vals] for n, vals in binned.items()},
@@ -184,18 +199,21 @@ def _quantile_bins(fit: np.ndarray, sd: np.ndarray, delta: np.ndarray, names: li
 
 
 def systematics_record(fit: np.ndarray, sd: np.ndarray, delta: np.ndarray, names: Sequence[str], *,
-                       by: str | None = "teff", split: tuple[str, float] | None = None, target: str = "median",
-                       max_bins: int = 5, min_per_bin: int = 60) -> dict[str, Any]:
+                       by: str | None = "teff", split: tuple[str, float] | None = None,
+                       target: str | Mapping[str, str] = "median", max_bins: int = 5, min_per_bin: int = 60
+                       ) -> dict[str, Any]:
     """The systematics of held-out fits (``fit``, their sigmas ``sd`` and ``delta = fit - label``,
-    each (n_star, n_label), all finite): per label ``sigma`` solved by ``target`` (:data:`SOLVERS`),
+    each (n_star, n_label), all finite): per label ``sigma`` solved by ``target`` (:data:`SOLVERS`;
+    one for every label or label -> one, :func:`label_solvers`),
     ``bias`` (median delta), the robust z spread before and after; ``binned`` in up to ``max_bins``
     quantile bins of the fitted ``by`` with at least ``min_per_bin`` stars each; with ``split`` =
     (label, value), ``classes``: the same, apart, for the stars fitted below and above the value
     (e.g. giants and dwarfs at log g 3.8), when each class has ``min_per_bin`` stars."""
-    names, solve = list(names), SOLVERS[target]
+    names = list(names)
+    solve = label_solvers(target, names)
 
     def one(f: np.ndarray, s: np.ndarray, d: np.ndarray) -> dict[str, Any]:
-        sig = np.array([solve(d[:, k], s[:, k]) for k in range(len(names))])
+        sig = np.array([solve[k](d[:, k], s[:, k]) for k in range(len(names))])
         with np.errstate(divide="ignore", invalid="ignore"):
             z0, z1 = (np.median(np.abs(d) / x, axis=0) / MEDIAN_ABS_Z for x in (s, np.hypot(s, sig)))
         rec = {"sigma": _clean(names, sig), "bias": _clean(names, np.median(d, axis=0)),
@@ -232,7 +250,7 @@ def estimate_label_systematics(
     seed: int = 0,
     by: str | None = "teff",
     split: tuple[str, float] | None = None,
-    target: str = "median",
+    target: str | Mapping[str, str] = "median",
     max_bins: int = 5,
     min_per_bin: int = 60,
     progress: bool = False,
@@ -256,7 +274,7 @@ def estimate_label_systematics(
     out = systematics_record(fit[ok], sd[ok], delta[ok], names, by=by, split=split, target=target,
                              max_bins=max_bins, min_per_bin=min_per_bin)
     out["method"] = ("K-fold CV: MAP + Laplace fit of each held-out training star by its fold model; "
-                     f"per label sigma such that {SOLVER_RULES[target]}")
+                     f"per label sigma such that {solver_rule(target, names)}")
     out["time_s"] = round(time.perf_counter() - t0, 2)
     _note(progress, f"label systematics from {out['n_star']} CV stars in {out['time_s']:.1f} s: sigma "
                     + ", ".join(f"{n} {v:.4g}" if v is not None else f"{n} -" for n, v in out["sigma"].items()))
@@ -330,7 +348,8 @@ def refined_labels(cv_folds: CVFolds, share: float | Mapping[str, float], *, con
 
 
 def calibrate(model: GSN, cv_folds: CVFolds, *, config: FitConfig | None = None, by: str | None = "teff",
-              split: tuple[str, float] | None = None, target: str = "median", progress: bool = False) -> dict[str, Any]:
+              split: tuple[str, float] | None = None, target: str | Mapping[str, str] = "median",
+              progress: bool = False) -> dict[str, Any]:
     """Measure the label systematics of a freshly trained ``model`` from its cross-validation
     (``cv_folds``, from :func:`gsn_dask.emulator_torch.train_gsn`'s report) and store the record
     in ``model.meta["label_systematics"]`` (written to ``model.json`` by ``model.save``); returns
@@ -380,5 +399,6 @@ def train_and_calibrate(
 
 
 __all__ = ["COVERAGE_68", "MEDIAN_ABS_Z", "SOLVERS", "SOLVER_RULES", "calibrate", "contradicted_labels", "estimate_label_systematics",
+           "label_solvers", "solver_rule",
            "out_of_fold_fits", "refined_labels", "solve_sigma_coverage", "solve_sigma_sys", "systematics_record",
            "train_and_calibrate"]

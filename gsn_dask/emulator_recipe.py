@@ -92,7 +92,8 @@ class TrainRecipe:
     ``label_systematics_target``: ``median`` (default) solves each floor so that the held-out
     training stars' median |z| is that of a unit Gaussian (0.6745; narrower than 68% coverage
     where the errors have heavy tails), ``coverage`` so that their 68% intervals cover their
-    labels 68.3% of the time (measured, not the default: README, `gsn-dask train`). ``seed`` fixes folds, initialisation and batches.
+    labels 68.3% of the time (measured, not the default: README, `gsn-dask train`); a mapping
+    label -> target solves each label its own way (labels not named: ``median``). ``seed`` fixes folds, initialisation and batches.
     """
 
     labels: tuple[str, ...] | None = None
@@ -121,7 +122,7 @@ class TrainRecipe:
     label_systematics: bool = True
     label_systematics_by: str = "teff"
     label_systematics_split: tuple[str, float] | None = None
-    label_systematics_target: str = "median"
+    label_systematics_target: str | Mapping[str, str] = "median"
     label_prior: str = "auto"
     label_outlier_z: float | Mapping[str, float] | None = None
     label_noise_share: float | Mapping[str, float] | str | None = "auto"
@@ -137,6 +138,8 @@ class TrainRecipe:
             v = getattr(self, name)
             if v is not None and not isinstance(v, str):
                 fix(self, name, {str(k): float(x) for k, x in v.items()} if isinstance(v, Mapping) else float(v))
+        if isinstance(self.label_systematics_target, Mapping):
+            fix(self, "label_systematics_target", {str(k): str(v) for k, v in self.label_systematics_target.items()})
         if self.label_systematics_split is not None:
             name, value = self.label_systematics_split
             fix(self, "label_systematics_split", (str(name), float(value)))
@@ -163,7 +166,9 @@ class TrainRecipe:
             bad.append(f"synthetic_weight {self.synthetic_weight} (must be > 0)")
         if self.label_prior not in LABEL_PRIOR_MODES:
             bad.append(f"label_prior {self.label_prior!r} (use one of {LABEL_PRIOR_MODES})")
-        if self.label_systematics_target not in SYSTEMATICS_TARGETS:
+        targets = (self.label_systematics_target.values() if isinstance(self.label_systematics_target, Mapping)
+                   else [self.label_systematics_target])
+        if not targets or any(t not in SYSTEMATICS_TARGETS for t in targets):
             bad.append(f"label_systematics_target {self.label_systematics_target!r} (use one of {SYSTEMATICS_TARGETS})")
         if self.distil > 1 and not (self.refits and self.ensemble == 1):
             bad.append(f"distil {self.distil} (needs folds >= 2, final 'refit' and ensemble 1: it distils the "

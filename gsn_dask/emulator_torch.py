@@ -606,7 +606,9 @@ def train_gsn(
     for name, value, hook in (("label_outlier_z", recipe.label_outlier_z, screen), ("label_noise_share", share, relabel)):
         if value is not None and (hook is None or not set(value if isinstance(value, dict) else ()) <= set(data["labels"])):
             raise ValueError(f"{name} {value} needs gsn_dask.calibration.train_and_calibrate and labels among {data['labels']}")
-    for name, label in (("by", recipe.label_systematics_by), ("split", (recipe.label_systematics_split or [None])[0])):
+    named = recipe.label_systematics_target if isinstance(recipe.label_systematics_target, dict) else {}
+    for name, label in (("by", recipe.label_systematics_by), ("split", (recipe.label_systematics_split or [None])[0]),
+                        *(("target", n) for n in named)):
         if recipe.label_systematics and label is not None and label not in data["labels"]:
             raise ValueError(f"label_systematics_{name} {label!r}: not among the labels {data['labels']}")
     with _deterministic(recipe.seed, threads):

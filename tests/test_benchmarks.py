@@ -3,6 +3,7 @@ silently: they are run by hand, not by the tests)."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -27,3 +28,27 @@ def test_benchmark_script_imports_and_has_help(script, monkeypatch, capsys):
         mod.main(["--help"]) if mod.main.__code__.co_argcount else mod.main()
     assert exit_.value.code == 0
     assert "usage" in capsys.readouterr().out
+
+
+def _module(name: str, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_systematics_target_variants_and_seeds_of_another_process(monkeypatch, tmp_path):
+    """``--variant`` reads one rule or one per label; ``--with-results`` joins only files of the
+    same variants."""
+    pytest.importorskip("torch")
+    st = _module("systematics_target", monkeypatch)
+    assert st.parse_variant("c=target=coverage,split=logg:3.8") == ("c", {"target": "coverage", "split": ("logg", 3.8)})
+    assert st.parse_variant("tl=target=teff:coverage+logg:coverage") == (
+        "tl", {"target": {"teff": "coverage", "logg": "coverage"}})
+    variants = dict([st.parse_variant("m=target=median"), st.parse_variant("c=target=coverage,split=logg:3.8")])
+    saved = tmp_path / "other.json"
+    saved.write_text(json.dumps({"variants": variants, "per_seed": {"3": {"m": {}, "c": {}}}}, default=list))
+    assert st.earlier_seeds([saved], variants) == {3: {"m": {}, "c": {}}}
+    with pytest.raises(SystemExit, match="differ"):
+        st.earlier_seeds([saved], {"m": {"target": "median"}})

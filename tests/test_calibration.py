@@ -13,12 +13,14 @@ import pytest
 from gsn_dask.calibration import (
     COVERAGE_68,
     MEDIAN_ABS_Z,
+    SOLVER_RULES,
     calibrate,
     contradicted_labels,
     estimate_label_systematics,
     refined_labels,
     solve_sigma_coverage,
     solve_sigma_sys,
+    solver_rule,
     systematics_record,
 )
 from gsn_dask.emulator_data import CVFolds
@@ -64,6 +66,25 @@ def test_solve_sigma_coverage_covers_68_percent_and_widens_for_heavy_tails():
     assert np.mean(np.abs(t) <= np.hypot(s, solve_sigma_sys(t, s))) < 0.665
     assert solve_sigma_coverage(rng.normal(0.0, 0.5 * s), s) == 0.0
     assert np.isnan(solve_sigma_coverage(np.array([np.nan]), np.array([1.0])))
+
+
+def test_systematics_record_solves_each_label_its_own_way():
+    """``target`` label -> rule: the named labels by that rule, the others by ``median``, the bins
+    and the method alike; one rule for all equals naming it for every label."""
+    rng = np.random.default_rng(4)
+    n = 3000
+    fit = np.c_[rng.uniform(4000, 6500, n), rng.uniform(1.0, 5.0, n), rng.uniform(-1, 0.3, n)]
+    sd = np.full((n, 3), [20.0, 0.02, 0.01])
+    delta = rng.standard_t(2, (n, 3)) * np.array([100.0, 0.2, 0.1])  # heavy tails: the two rules differ
+    names = ["teff", "logg", "feh"]
+    med, cov = (systematics_record(fit, sd, delta, names, target=t) for t in ("median", "coverage"))
+    mixed = systematics_record(fit, sd, delta, names, target={"logg": "coverage"})
+    assert mixed["sigma"] == {"teff": med["sigma"]["teff"], "logg": cov["sigma"]["logg"], "feh": med["sigma"]["feh"]}
+    assert cov["sigma"]["logg"] > 1.05 * med["sigma"]["logg"]
+    assert mixed["binned"]["sigma"]["logg"] == cov["binned"]["sigma"]["logg"]
+    assert mixed["binned"]["sigma"]["teff"] == med["binned"]["sigma"]["teff"]
+    assert systematics_record(fit, sd, delta, names, target=dict.fromkeys(names, "coverage")) == cov
+    assert solver_rule({"logg": "coverage"}, names).split("; ")[1] == f"logg: {SOLVER_RULES['coverage']}"
 
 
 def test_systematics_record_classes_giants_and_dwarfs_apart():
@@ -416,6 +437,8 @@ def test_label_systematics_by_reaches_the_calibration(monkeypatch):
     for key, bad in (("label_systematics_by", "alpha_fe"), ("label_systematics_split", ("alpha_fe", 0.2))):
         with pytest.raises(ValueError, match=f"{key} 'alpha_fe'"):
             cal.train_and_calibrate(ds, **{key: bad}, **kw)
+    with pytest.raises(ValueError, match="label_systematics_target 'alpha_fe'"):
+        cal.train_and_calibrate(ds, label_systematics_target={"alpha_fe": "coverage"}, **kw)
     assert len(seen) == 2
 
 

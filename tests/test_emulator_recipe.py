@@ -46,6 +46,8 @@ def test_cli_defaults_are_the_default_recipe():
     assert DEFAULT_RECIPE.label_systematics_target == "median"  # coverage measured, not kept (README: `gsn-dask train`)
     assert recipe_from_args(parse("--label-systematics-target", "coverage")) == DEFAULT_RECIPE.replace(
         label_systematics_target="coverage")
+    assert recipe_from_args(parse("--label-systematics-target", "teff=coverage,logg=coverage")) == DEFAULT_RECIPE.replace(
+        label_systematics_target={"teff": "coverage", "logg": "coverage"})
     assert DEFAULT_RECIPE.distil == 1  # distillation is measured on the hold-out only so far (README)
     assert recipe_from_args(parse("--distil", "3")) == DEFAULT_RECIPE.replace(distil=3)
     with pytest.raises(ValueError, match="label_systematics_target 'mean'"):
@@ -56,6 +58,10 @@ def test_cli_split_refuses_what_it_cannot_read(capsys):
     with pytest.raises(SystemExit):
         parse("--label-systematics-split", "logg")
     assert "expected LABEL=VALUE" in capsys.readouterr().err
+    for text in ("mean", "teff=mean", "teff=coverage,logg"):
+        with pytest.raises(SystemExit):
+            parse("--label-systematics-target", text)
+        assert "expected one of median, coverage" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("text", ["teff", "teff=a", "half"])

@@ -81,10 +81,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--label-systematics-split", type=_split, default=R.label_systematics_split, metavar="LABEL=VALUE",
                    help="measure the label systematics apart, each with its own bins, for the stars fitted below and "
                         "above VALUE of LABEL (e.g. logg=3.8: giants and dwarfs); none: one set")
-    p.add_argument("--label-systematics-target", default=R.label_systematics_target, choices=SYSTEMATICS_TARGETS,
+    p.add_argument("--label-systematics-target", type=_target, default=R.label_systematics_target, metavar="RULE",
                    help="median: each floor makes the held-out training stars' median |z| that of a unit Gaussian "
                         "(narrower than 68%% coverage where the errors have heavy tails); coverage: makes their 68%% "
-                        "intervals cover their labels 68.3%% of the time (wider intervals; README: measured)")
+                        "intervals cover their labels 68.3%% of the time (wider intervals; README: measured); "
+                        "LABEL=RULE,... per label, e.g. teff=coverage,logg=coverage (labels not named: median). "
+                        "Default %(default)s")
     p.add_argument("--label-prior", default=R.label_prior, choices=["auto", "kiel", "none"],
                    help="kiel: store the density of the training stars in (Teff, log g) as the fit's prior (it keeps "
                         "fits off where no star lives, e.g. K dwarfs at log g 5; `gsn-dask fit --set label_prior=none` "
@@ -123,6 +125,19 @@ def _per_label_value(text: str) -> float | dict[str, float] | str | None:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"{text!r}: expected a number, NAME=VALUE,... (e.g. teff=0.5,feh=0.5), auto or none") from None
+
+
+def _target(text: str) -> str | dict[str, str]:
+    """``--label-systematics-target``: ``median``, ``coverage`` or ``teff=coverage,logg=coverage``."""
+    if "=" not in text:
+        rules = {"": text.strip()}
+    else:
+        rules = {name.strip(): rule.strip() for name, _, rule in (part.partition("=") for part in text.split(",") if part.strip())}
+    bad = sorted(r for r in rules.values() if r not in SYSTEMATICS_TARGETS)
+    if bad or not rules:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected one of {', '.join(SYSTEMATICS_TARGETS)}, or "
+                                         "LABEL=RULE,... (e.g. teff=coverage,logg=coverage)")
+    return rules[""] if "" in rules else rules
 
 
 def _split(text: str) -> tuple[str, float] | None:
