@@ -85,12 +85,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cube", type=Path, default=None, help="an ingested LAMOST cube: skip `ingest`")
     ap.add_argument("--save", type=Path, default=OUT)
     ap.add_argument("--no-plain-fit", action="store_true", help="skip the fit without the survey error")
+    ap.add_argument("--fit-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a FitConfig setting for every fit (gsn-dask fit --set), e.g. label_prior=none")
     args = ap.parse_args(argv)
     w = args.work.resolve()
     w.mkdir(parents=True, exist_ok=True)
     log = w / "commands.log"
     gsn = [sys.executable, "-m", "gsn_dask"]
-    workers = [] if args.workers is None else ["--workers", str(args.workers)]
+    fit_args = [] if args.workers is None else ["--workers", str(args.workers)]
+    fit_args += [arg for kv in args.fit_set for arg in ("--set", kv)]
     steps = {}
     model, cube = (args.model or w / "miles_model").resolve(), (args.cube or w / "lamost.zarr").resolve()
     if args.model is None:
@@ -100,17 +103,17 @@ def main(argv: list[str] | None = None) -> int:
         steps["ingest"] = run([*gsn, "ingest", str(args.lamost), "--recursive", "--labels",
                                str(args.lamost / "dr1_labels_lasp.csv"), "--out", str(cube)], log)
     steps["fit_quick_map"] = run([*gsn, "fit", str(cube), "--model", str(model), "--out",
-                                  str(w / "quick.zarr"), "--sampler", "map", "--no-progress", *workers], log)
+                                  str(w / "quick.zarr"), "--sampler", "map", "--no-progress", *fit_args], log)
     steps["diagnose_write_model"] = run([*gsn, "diagnose", str(w / "quick.zarr"), "--cube", str(cube), "--model",
                                          str(model), "--out", str(w / "diag"), "--write-model",
                                          str(w / "lamost_model")], log)
     steps["fit"] = run([*gsn, "fit", str(cube), "--model", str(w / "lamost_model"), "--out",
-                        str(w / "results.zarr"), "--no-progress", *workers], log)
+                        str(w / "results.zarr"), "--no-progress", *fit_args], log)
     steps["validate"] = run([*gsn, "validate", str(w / "results.zarr"), "--cube", str(cube), "--out",
                              str(w / "report")], log)
     if not args.no_plain_fit:
         steps["fit_without_survey_error"] = run([*gsn, "fit", str(cube), "--model", str(model),
-                                                 "--out", str(w / "results_miles.zarr"), "--no-progress", *workers], log)
+                                                 "--out", str(w / "results_miles.zarr"), "--no-progress", *fit_args], log)
     n = int(gd.open_spectra(cube).sizes["star"])
     out = {"work": str(w), "model": str(model), "cube": str(cube), "n_spectra": n, "steps": steps,
            "fit_cpu_s_per_star": steps["fit"]["cpu_s"] / n,

@@ -52,3 +52,15 @@ def test_systematics_target_variants_and_seeds_of_another_process(monkeypatch, t
     assert st.earlier_seeds([saved], variants) == {3: {"m": {}, "c": {}}}
     with pytest.raises(SystemExit, match="differ"):
         st.earlier_seeds([saved], {"m": {"target": "median"}})
+
+
+def test_kiel_bandwidth_variants(monkeypatch):
+    """``--variant``: kernel widths and floor, the package's values where not named; unknown keys refused."""
+    pytest.importorskip("torch")
+    kb = _module("kiel_bandwidth", monkeypatch)
+    from gsn_dask.label_prior import BANDWIDTH
+
+    assert kb.parse_variant("w=logg:0.25") == ("w", {"bandwidth": (BANDWIDTH[0], 0.25)})
+    assert kb.parse_variant("f=floor:0.2,teff:0.02") == ("f", {"bandwidth": (0.02, BANDWIDTH[1]), "floor": 0.2})
+    with pytest.raises(SystemExit, match="unknown key"):
+        kb.parse_variant("x=sigma:1")
