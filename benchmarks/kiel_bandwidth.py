@@ -31,7 +31,7 @@ from gsn_dask.emulator import load_model
 from gsn_dask.emulator_data import prepare_training_data
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from systematics_target import earlier_seeds, holdout, lamost, paired  # noqa: E402
+from systematics_target import earlier_seeds, holdout, lamost, save_paired  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "kiel_bandwidth.json"
 
@@ -119,15 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             for s, rows in per_seed[seed][name].items():
                 print(f"seed {seed} {name:10s} {s:16s} " + "  ".join(
                     f"{lab} {r['mad_std']:.3g} ({100 * r['in68']:.0f}%)" for lab, r in rows.items()), flush=True)
-    out = {"command": " ".join(sys.argv), "models": a.models, "variants": variants, "per_seed": per_seed,
-           "paired": paired(per_seed, list(variants))}
-    a.save.write_text(json.dumps(out, indent=1, default=list))
-    for name, sets in out["paired"].items():
-        for s, labs in sets.items():
-            print(f"{name} - stored {s:16s} " + "  ".join(
-                f"{lab} MAD {v['mad_std']['mean']:+.3g}±{v['mad_std']['se'] or 0:.2g} in68 {100 * v['in68']['mean']:+.1f}±{100 * (v['in68']['se'] or 0):.1f}"
-                for lab, v in labs.items()))
-    print(f"saved {a.save}")
+    save_paired({"command": " ".join(sys.argv), "models": a.models, "variants": variants, "per_seed": per_seed}, a.save)
     return 0
 
 

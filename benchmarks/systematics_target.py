@@ -147,16 +147,21 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"seed {seed} {name:16s} {s:16s} " + "  ".join(
                     f"{lab} {r['mad_std']:.3g} ({100 * r['in68']:.0f}%, z {r['z_rstd']:.2f})" for lab, r in rows.items()), flush=True)
     per_seed = {**earlier, **per_seed}
-    out = {"command": " ".join(sys.argv), "variants": variants, "per_seed": per_seed,
-           "paired": paired(per_seed, list(variants))}
-    a.save.write_text(json.dumps(out, indent=1, default=list))
+    save_paired({"command": " ".join(sys.argv), "variants": variants, "per_seed": per_seed}, a.save)
+    return 0
+
+
+def save_paired(out: dict, save: Path) -> None:
+    """Add the pairing with the first variant to ``out`` (``variants``, ``per_seed``), save it, print it."""
+    names = list(out["variants"])
+    out["paired"] = paired(out["per_seed"], names)
+    save.write_text(json.dumps(out, indent=1, default=list))
     for name, sets in out["paired"].items():
         for s, labs in sets.items():
-            print(f"{name} - {list(variants)[0]} {s:16s} " + "  ".join(
+            print(f"{name} - {names[0]} {s:16s} " + "  ".join(
                 f"{lab} MAD {v['mad_std']['mean']:+.3g}±{v['mad_std']['se'] or 0:.2g} in68 {100 * v['in68']['mean']:+.1f}±{100 * (v['in68']['se'] or 0):.1f}"
                 for lab, v in labs.items()))
-    print(f"saved {a.save}")
-    return 0
+    print(f"saved {save}")
 
 
 if __name__ == "__main__":
