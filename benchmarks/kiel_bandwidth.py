@@ -11,7 +11,7 @@ is paired with the stored prior per seed (mean difference and its standard error
 
     python benchmarks/kiel_bandwidth.py --work W --models median --lamost ../shared/data/lamost \\
         --lamost-cube lamost.zarr --miles-cube miles_train.zarr --seeds 0 1 2 \\
-        --variant wide=logg:0.25 --variant narrow=logg:0.10 --variant floor20=floor:0.2 \
+        --variant wide=logg:0.25 --variant narrow=logg:0.10 --variant floor20=floor:0.2 \\
         --stored-from benchmarks/results/systematics_target_6seeds.json
 
 Saves ``benchmarks/results/kiel_bandwidth.json`` (``--with-results``: join another process's seeds).
@@ -65,20 +65,11 @@ def with_prior(model_dir: Path, cube, build_kw: dict, out: Path) -> Path:
     if (out / "model.json").exists():
         return out
     model = load_model(model_dir)
-    names, b = list(model.label_names), np.asarray(model.bounds, float)
     teff, logg = training_kiel_labels(model, cube)
-    bounds = tuple(b[names.index("teff")]), tuple(b[names.index("logg")])
-    stored = label_prior.for_model(model)
-    again = label_prior.build(teff, logg, *bounds)
-    if not np.allclose(again.log_p, stored.log_p, atol=1e-5):  # the stored grid is float32
+    again = label_prior.for_model(label_prior.with_label_prior(model, teff, logg))
+    if not np.allclose(again.log_p, label_prior.for_model(model).log_p, atol=1e-5):  # the stored grid is float32
         raise SystemExit(f"{model_dir}: the default kernel on the training stars does not give the stored prior back")
-    prior = label_prior.build(teff, logg, *bounds, **build_kw)
-    meta = {k: v for k, v in model.meta.items() if k != "weights"}
-    meta["label_prior"] = prior.to_json()
-    type(model)(hidden_layers=model.hidden_layers, W_out=model.W_out, b_out=model.b_out, activation=model.activation,
-                label_names=model.label_names, bounds=model.bounds, wavelength=model.wavelength,
-                emulator_error=model.emulator_error, label_units=model.label_units,
-                label_transforms=model.label_transforms, normalisation=model.normalisation, meta=meta).save(out)
+    label_prior.with_label_prior(model, teff, logg, **build_kw).save(out)
     return out
 
 
@@ -101,14 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     full = gd.open_spectra(demo.miles_training_cube(progress=False)).load()
     cubes = {"demo": full.isel(star=np.flatnonzero(~demo.holdout_mask(full))), "miles": gd.open_spectra(a.miles_cube).load()}
     per_seed = earlier_seeds(a.with_results, variants)
+    stored = json.loads(a.stored_from.read_text())["per_seed"] if a.stored_from else {}
     for seed in a.seeds:
         w = a.work.resolve() / f"seed{seed}"
         per_seed[seed] = {}
         for name, kw in variants.items():
             dirs = {k: w / f"{k}_models" / a.models for k in cubes}
-            known = json.loads(a.stored_from.read_text())["per_seed"].get(str(seed), {}) if a.stored_from else {}
-            if not kw and a.models in known:
-                per_seed[seed][name] = known[a.models]
+            if not kw and a.models in stored.get(str(seed), {}):
+                per_seed[seed][name] = stored[str(seed)][a.models]
                 continue
             if kw:
                 dirs = {k: with_prior(d, cubes[k], kw, w / "kiel" / f"{k}_{a.models}_{name}") for k, d in dirs.items()}

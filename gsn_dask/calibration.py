@@ -167,19 +167,17 @@ SOLVER_RULES = {"median": "median |fit - label| / hypot(sigma_stat, sigma) = 0.6
                 "coverage": "|fit - label| <= hypot(sigma_stat, sigma) for 68.3% of the stars"}
 
 
-def label_solvers(target: str | Mapping[str, str], names: Sequence[str]) -> list[Any]:
-    """Each label's solver (:data:`SOLVERS`): ``target`` for every label, or label -> target (the
-    labels not named: ``median``)."""
-    if isinstance(target, str):
-        return [SOLVERS[target]] * len(names)
-    return [SOLVERS[target.get(n, "median")] for n in names]
+def label_rules(target: str | Mapping[str, str], names: Sequence[str]) -> list[str]:
+    """Each label's rule (a key of :data:`SOLVERS`): ``target`` for every label, or label -> target
+    (the labels not named: ``median``)."""
+    return [target] * len(names) if isinstance(target, str) else [target.get(n, "median") for n in names]
 
 
 def solver_rule(target: str | Mapping[str, str], names: Sequence[str]) -> str:
     """The rule of ``target`` in words, as ``model.json`` → ``label_systematics.method`` states it."""
     if isinstance(target, str):
         return SOLVER_RULES[target]
-    return "; ".join(f"{n}: {SOLVER_RULES[target.get(n, 'median')]}" for n in names)
+    return "; ".join(f"{n}: {SOLVER_RULES[rule]}" for n, rule in zip(names, label_rules(target, names)))
 
 
 def _quantile_bins(fit: np.ndarray, sd: np.ndarray, delta: np.ndarray, names: list[str], by: str | None,
@@ -204,13 +202,13 @@ def systematics_record(fit: np.ndarray, sd: np.ndarray, delta: np.ndarray, names
                        ) -> dict[str, Any]:
     """The systematics of held-out fits (``fit``, their sigmas ``sd`` and ``delta = fit - label``,
     each (n_star, n_label), all finite): per label ``sigma`` solved by ``target`` (:data:`SOLVERS`;
-    one for every label or label -> one, :func:`label_solvers`),
+    one for every label or label -> one, :func:`label_rules`),
     ``bias`` (median delta), the robust z spread before and after; ``binned`` in up to ``max_bins``
     quantile bins of the fitted ``by`` with at least ``min_per_bin`` stars each; with ``split`` =
     (label, value), ``classes``: the same, apart, for the stars fitted below and above the value
     (e.g. giants and dwarfs at log g 3.8), when each class has ``min_per_bin`` stars."""
     names = list(names)
-    solve = label_solvers(target, names)
+    solve = [SOLVERS[rule] for rule in label_rules(target, names)]
 
     def one(f: np.ndarray, s: np.ndarray, d: np.ndarray) -> dict[str, Any]:
         sig = np.array([solve[k](d[:, k], s[:, k]) for k in range(len(names))])
@@ -399,6 +397,6 @@ def train_and_calibrate(
 
 
 __all__ = ["COVERAGE_68", "MEDIAN_ABS_Z", "SOLVERS", "SOLVER_RULES", "calibrate", "contradicted_labels", "estimate_label_systematics",
-           "label_solvers", "solver_rule",
+           "label_rules", "solver_rule",
            "out_of_fold_fits", "refined_labels", "solve_sigma_coverage", "solve_sigma_sys", "systematics_record",
            "train_and_calibrate"]

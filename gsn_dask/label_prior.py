@@ -172,14 +172,15 @@ def for_model(model: Any) -> KielPrior | None:
     return hit[1]
 
 
-def with_label_prior(model: Any, teff: np.ndarray, logg: np.ndarray) -> Any:
+def with_label_prior(model: Any, teff: np.ndarray, logg: np.ndarray, **build_kw: Any) -> Any:
     """A copy of ``model`` (a :class:`gsn_dask.emulator.GSN` with labels teff and logg) carrying the
-    Kiel prior of training labels ``teff``, ``logg`` (a new model id)."""
+    Kiel prior of training labels ``teff``, ``logg`` (a new model id); ``build_kw`` (``bandwidth``,
+    ``floor``) go to :func:`build`."""
     names = list(model.label_names)
     if not set(LABELS) <= set(names):
         raise ValueError(f"a Kiel prior needs labels {list(LABELS)}; the model has {names}")
     b = np.asarray(model.bounds, np.float64)
-    prior = build(teff, logg, tuple(b[names.index("teff")]), tuple(b[names.index("logg")]))
+    prior = build(teff, logg, tuple(b[names.index("teff")]), tuple(b[names.index("logg")]), **build_kw)
     meta = {k: v for k, v in model.meta.items() if k != "weights"}
     meta["label_prior"] = prior.to_json()
     return type(model)(hidden_layers=model.hidden_layers, W_out=model.W_out, b_out=model.b_out,
