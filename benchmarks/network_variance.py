@@ -43,17 +43,15 @@ def class_scatter(delta: np.ndarray, labels: np.ndarray, names: list[str]) -> di
     return out
 
 
-def distilled(model, cv, seed: int, threads: int, members: int):  # noqa: ANN001, ANN201
-    """The model ``gsn-dask train --distil members`` makes from this training: the package's
-    distillation step (:func:`gsn_dask.emulator_torch._distil`) on the final network's labels,
-    spectra and weights, with the model's emulator error."""
+def final_inputs(model, cv):  # noqa: ANN001, ANN201
+    """What this training's final refit trained on: (recipe, scaled labels, (labels, flux, weights),
+    every-star mask, epochs, run settings) for :func:`gsn_dask.emulator_torch._train_members`."""
     import torch
     from gsn_dask.calibration import refined_labels
     from gsn_dask.emulator_data import loss_weights
     from gsn_dask.emulator_recipe import TrainRecipe
-    from gsn_dask.emulator_torch import _deterministic, _distil, _train_members, _with_error
 
-    recipe = TrainRecipe.from_json(model.meta["training"]["recipe"]).replace(distil=members)  # the training's own
+    recipe = TrainRecipe.from_json(model.meta["training"]["recipe"])  # the training's own
     share = model.meta["training"]["config"]["label_noise_share"]
     labels = refined_labels(cv, share)[0] if share else np.asarray(cv.labels, float)
     template = {"label_names": model.label_names, "label_units": model.label_units, "bounds": model.bounds,
@@ -62,8 +60,19 @@ def distilled(model, cv, seed: int, threads: int, members: int):  # noqa: ANN001
     w = loss_weights(cv.ivar, np.ones(len(labels), bool), recipe.weight_floor, recipe.synthetic_weight)
     x, every, epochs = model.scale(labels), np.ones(len(labels), bool), int(model.meta["training"]["final_epochs"])
     run = {"template": template, "device": torch.device("cpu"), "progress": False}
+    return recipe, x, (x, cv.flux, w), every, epochs, run
+
+
+def distilled(model, cv, seed: int, threads: int, members: int):  # noqa: ANN001, ANN201
+    """The model ``gsn-dask train --distil members`` makes from this training: the package's
+    distillation step (:func:`gsn_dask.emulator_torch._distil`) on the final network's labels,
+    spectra and weights, with the model's emulator error."""
+    from gsn_dask.emulator_torch import _deterministic, _distil, _train_members, _with_error
+
+    recipe, x, arrays, every, epochs, run = final_inputs(model, cv)
+    recipe = recipe.replace(distil=members)
     with _deterministic(seed, threads):  # the teacher: the final network again and M - 1 more, as train_gsn does
-        teacher, _ = _train_members((x, cv.flux, w), every, None, recipe=recipe.replace(ensemble=members, distil=1),
+        teacher, _ = _train_members(arrays, every, None, recipe=recipe.replace(ensemble=members, distil=1),
                                     epochs=epochs, patience=0, seed0=seed, desc="final", **run)
         student, _ = _distil(teacher, x, len(model.label_names), recipe=recipe, epochs=epochs, **run)
     return _with_error(student, model.emulator_error)

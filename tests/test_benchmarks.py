@@ -64,3 +64,17 @@ def test_kiel_bandwidth_variants(monkeypatch):
     assert kb.parse_variant("f=floor:0.2,teff:0.02") == ("f", {"bandwidth": (0.02, BANDWIDTH[1]), "floor": 0.2})
     with pytest.raises(SystemExit, match="unknown key"):
         kb.parse_variant("x=sigma:1")
+
+
+def test_label_ensemble_mixture_and_widening(monkeypatch):
+    """The label-space mixture: mean of the members' medians, half-width from the law of total
+    variance; the widened interval keeps the median and grows each side in quadrature."""
+    np = pytest.importorskip("numpy")
+    mod = _module("label_ensemble", monkeypatch)
+    meds = np.array([[1.0, 10.0], [3.0, 10.0]])  # two members, two stars
+    los, his = meds - 1.0, meds + 1.0  # half-width 1 each
+    med, lo, hi = mod.mixture(meds, los, his)
+    assert np.allclose(med, [2.0, 10.0])
+    assert np.allclose(hi - med, [np.sqrt(1.0 + 1.0), 1.0]) and np.allclose(med - lo, hi - med)
+    m, lo_w, hi_w = mod.widened(np.array([0.0]), np.array([-3.0]), np.array([1.0]), np.array([[2.0], [-2.0]]))
+    assert m[0] == 0.0 and np.isclose(lo_w[0], -np.hypot(3.0, 2.0)) and np.isclose(hi_w[0], np.hypot(1.0, 2.0))
