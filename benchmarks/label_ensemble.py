@@ -57,6 +57,17 @@ def widened(med: np.ndarray, lo: np.ndarray, hi: np.ndarray, meds: np.ndarray) -
     return med, med - np.hypot(med - lo, sd), med + np.hypot(hi - med, sd)
 
 
+def combinations(final: tuple[np.ndarray, ...], folds: list[tuple[np.ndarray, ...]]) -> dict[str, tuple]:
+    """(median, p16, p84) per name: the final model, each fold model, the mixture of the fold models,
+    of final and fold models, and the final model widened by the fold models' spread."""
+    meds, los, his = (np.stack([f[i] for f in folds]) for i in range(3))
+    meds4, los4, his4 = (np.stack([final[i], *[f[i] for f in folds]]) for i in range(3))
+    return {"final model": final, **{f"fold model {k}": f for k, f in enumerate(folds)},
+            "mixture of the fold models": mixture(meds, los, his),
+            "mixture of final and fold models": mixture(meds4, los4, his4),
+            "final model, widened by the fold models' spread": widened(*final, meds)}
+
+
 def stats(names: list[str], med: np.ndarray, lo: np.ndarray, hi: np.ndarray, truth: np.ndarray) -> dict:
     return {n: label_stats(med[:, k], truth[:, k], lo[:, k], hi[:, k]) for k, n in enumerate(names)}
 
@@ -123,15 +134,7 @@ def one_seed(seed: int, threads: int, sampler: str, work: Path, finals: int = 0)
 
     final = fitted(model)
     folds = [fitted(m) for m in members]
-    rows = {"final model": stats(names, *final[:3], truth)}
-    for k, f in enumerate(folds):
-        rows[f"fold model {k}"] = stats(names, *f[:3], truth)
-    meds, los, his = (np.stack([f[i] for f in folds]) for i in range(3))
-    rows["mixture of the fold models"] = stats(names, *mixture(meds, los, his), truth)
-    meds4, los4, his4 = (np.stack([final[i], *[f[i] for f in folds]]) for i in range(3))
-    rows["mixture of final and fold models"] = stats(names, *mixture(meds4, los4, his4), truth)
-    rows["final model, widened by the fold models' spread"] = stats(names, *widened(final[0], final[1], final[2], meds),
-                                                                   truth)
+    rows = {name: stats(names, *c, truth) for name, c in combinations(final[:3], [f[:3] for f in folds]).items()}
     if siblings:
         fin = [final, *[fitted(m) for m in siblings]]
         for e, f in enumerate(fin[1:]):
@@ -159,13 +162,7 @@ def lamost_rows(here: Path, cube: Path) -> dict:
         idx = [list(map(str, res["label"].values)).index(n) for n in names]
         return tuple(np.asarray(res[v].values, float)[:, idx] for v in ("median", "p16", "p84"))
 
-    final, folds = read("final"), [read(d.name) for d in sorted(here.glob("fold*"))]
-    meds, los, his = (np.stack([f[i] for f in folds]) for i in range(3))
-    meds4, los4, his4 = (np.stack([final[i], *[f[i] for f in folds]]) for i in range(3))
-    combos = {"final model": final, **{f"fold model {k}": f for k, f in enumerate(folds)},
-              "mixture of the fold models": mixture(meds, los, his),
-              "mixture of final and fold models": mixture(meds4, los4, his4),
-              "final model, widened by the fold models' spread": widened(*final, meds)}
+    combos = combinations(read("final"), [read(d.name) for d in sorted(here.glob("fold*"))])
     ok = np.isfinite(ref[:, 0])
     return {set_: {name: stats(names, *(a[sel] for a in c), ref[sel]) for name, c in combos.items()}
             for set_, sel in (("snrg>30", ok & (snr > 30)), ("all", ok))}
