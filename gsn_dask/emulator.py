@@ -487,6 +487,7 @@ class GSN:
         data = st_save(self.tensors(), metadata={"schema": MODEL_SCHEMA})
         _atomic_write_bytes(model_dir / WEIGHTS_FILE, data)
         self.sha256 = hashlib.sha256(data).hexdigest()
+        self.model_id = self._compute_model_id()  # of what is written (``meta["label_prior"]`` may have changed)
         self.meta = {"schema": MODEL_SCHEMA, "model_id": self.model_id, **self.meta, **self._core_meta()}
         self.meta["model_id"] = self.model_id
         self.meta["weights"] = {"file": WEIGHTS_FILE, "sha256": self.sha256, "format": "safetensors"}

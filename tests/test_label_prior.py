@@ -86,6 +86,15 @@ def test_the_model_carries_it_in_model_json_and_its_id(tiny_model_dir, tmp_path)
         load_model(tmp_path / "m")
 
 
+def test_a_prior_changed_in_memory_is_saved_under_the_id_of_what_is_written(tiny_model_dir, tmp_path):
+    base = load_model(tiny_model_dir)
+    m = lp.with_label_prior(base, *_stars())
+    m.meta.pop("label_prior")  # e.g. a script giving a network another model's reporting
+    m.save(tmp_path / "m")
+    back = load_model(tmp_path / "m")  # refused before: the id of the model with its prior
+    assert back.model_id == m.model_id == base.model_id and lp.for_model(back) is None
+
+
 def test_fit_settings_switch_it_and_the_result_stage_applies_it(tiny_model_dir):
     base = load_model(tiny_model_dir)
     m = lp.with_label_prior(base, *_stars())
