@@ -77,8 +77,7 @@ def with_reporting(member, model, path: Path):  # noqa: ANN001, ANN201
     import gsn_dask as gd
 
     member.meta.update(label_systematics=model.meta["label_systematics"], label_prior=model.meta["label_prior"])
-    member.model_id = member._compute_model_id()  # the prior is part of the id
-    member.save(path)
+    member.save(path)  # under the id of what it now is (the prior is part of it)
     return gd.load_model(path)
 
 
