@@ -57,15 +57,27 @@ def widened(med: np.ndarray, lo: np.ndarray, hi: np.ndarray, meds: np.ndarray) -
     return med, med - np.hypot(med - lo, sd), med + np.hypot(hi - med, sd)
 
 
+def stacked(members: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(medians, p16s, p84s) of members given as (median, p16, p84), each with the members on axis 0."""
+    return tuple(np.stack([m[i] for m in members]) for i in range(3))
+
+
+def print_rows(title: str, rows: dict) -> None:
+    """One line per network or combination: bias / 1.4826 MAD / in68 per label."""
+    print(f"{title}: bias / 1.4826 MAD / in68")
+    for name, row in rows.items():
+        print(f"  {name:48s} " + " | ".join(
+            f"{n} {s['bias']:+.3g} / {s['mad_std']:.3g} / {100 * s['in68']:.0f}%" for n, s in row.items()))
+
+
 def combinations(final: tuple[np.ndarray, ...], folds: list[tuple[np.ndarray, ...]]) -> dict[str, tuple]:
     """(median, p16, p84) per name: the final model, each fold model, the mixture of the fold models,
     of final and fold models, and the final model widened by the fold models' spread."""
-    meds, los, his = (np.stack([f[i] for f in folds]) for i in range(3))
-    meds4, los4, his4 = (np.stack([final[i], *[f[i] for f in folds]]) for i in range(3))
+    spread = stacked(folds)
     return {"final model": final, **{f"fold model {k}": f for k, f in enumerate(folds)},
-            "mixture of the fold models": mixture(meds, los, his),
-            "mixture of final and fold models": mixture(meds4, los4, his4),
-            "final model, widened by the fold models' spread": widened(*final, meds)}
+            "mixture of the fold models": mixture(*spread),
+            "mixture of final and fold models": mixture(*stacked([final, *folds])),
+            "final model, widened by the fold models' spread": widened(*final, spread[0])}
 
 
 def stats(names: list[str], med: np.ndarray, lo: np.ndarray, hi: np.ndarray, truth: np.ndarray) -> dict:
@@ -138,8 +150,7 @@ def one_seed(seed: int, threads: int, sampler: str, work: Path, finals: int = 0)
         fin = [final, *[fitted(m) for m in siblings]]
         for e, f in enumerate(fin[1:]):
             rows[f"final network {e + 1}"] = stats(names, *f[:3], truth)
-        medf, lof, hif = (np.stack([f[i] for f in fin]) for i in range(3))
-        rows[f"mixture of {len(fin)} final networks"] = stats(names, *mixture(medf, lof, hif), truth)
+        rows[f"mixture of {len(fin)} final networks"] = stats(names, *mixture(*stacked([f[:3] for f in fin])), truth)
     return {"seed": seed, "model_id": model.model_id, "sampler": sampler, "n_obs": int(obs.sizes["star"]),
             "cpu_s_per_star": {"final": round(final[3], 4), "fold_mean": round(float(np.mean([f[3] for f in folds])), 4)},
             "rows": rows, "wall_s": round(time.perf_counter() - t0, 1)}
@@ -189,10 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             lam[str(seed)] = lamost_rows(args.lamost_work / f"seed{seed}", args.lamost_cube)
             for set_, rows in lam[str(seed)].items():
-                print(f"seed {seed}, LAMOST {set_}: bias / 1.4826 MAD / in68")
-                for name, row in rows.items():
-                    print(f"  {name:48s} " + " | ".join(
-                        f"{n} {s['bias']:+.3g} / {s['mad_std']:.3g} / {100 * s['in68']:.0f}%" for n, s in row.items()))
+                print_rows(f"seed {seed}, LAMOST {set_}", rows)
         args.save.write_text(json.dumps({**saved, "lamost": lam, "lamost_command": "python benchmarks/label_ensemble.py "
                                          + " ".join(sys.argv[1:])}, indent=1) + "\n")
         print(f"saved {args.save}")
@@ -200,10 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         r = one_seed(seed, args.threads, args.sampler, args.work, args.finals)
         per_seed[f"{args.sampler}-{seed}" + (f"-finals{args.finals}" if args.finals > 1 else "")] = r
-        print(f"seed {seed} ({args.sampler}, model {r['model_id']}, {r['wall_s']} s): bias / 1.4826 MAD / in68")
-        for name, row in r["rows"].items():
-            print(f"  {name:34s} " + " | ".join(
-                f"{n} {s['bias']:+.3g} / {s['mad_std']:.3g} / {100 * s['in68']:.0f}%" for n, s in row.items()))
+        print_rows(f"seed {seed} ({args.sampler}, model {r['model_id']}, {r['wall_s']} s)", r["rows"])
     args.save.write_text(json.dumps({**saved, "command": "python benchmarks/label_ensemble.py " + " ".join(sys.argv[1:]),
                                      "per_seed": per_seed}, indent=1) + "\n")
     print(f"saved {args.save}")
