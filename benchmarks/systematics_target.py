@@ -40,13 +40,16 @@ OUT = HERE / "results" / "systematics_target.json"
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
-    """``NAME=target=T[,split=LABEL:VALUE][,by=LABEL]`` -> (name, calibrate keywords); ``T`` is
-    ``median``, ``coverage`` or per label ``teff:coverage+logg:coverage`` (others median)."""
+    """``NAME=target=T[,split=LABEL:VALUE][,by=LABEL][,widen=1]`` -> (name, calibrate keywords); ``T`` is
+    ``median``, ``coverage`` or per label ``teff:coverage+logg:coverage`` (others median); ``widen=1``
+    (with a split): each class's floor at least the unsplit floor (:func:`at_least_unsplit`)."""
     name, _, spec = text.partition("=")
     kw: dict = {}
     for part in filter(None, spec.split(",")):
         key, _, value = part.partition("=")
-        if key == "split":
+        if key == "widen":
+            kw["widen"] = bool(int(value))
+        elif key == "split":
             label, _, at = value.partition(":")
             kw["split"] = (label, float(at))
         elif key == "target" and ":" in value:
@@ -54,8 +57,34 @@ def parse_variant(text: str) -> tuple[str, dict]:
         elif key in ("target", "by"):
             kw[key] = value
         else:
-            raise SystemExit(f"--variant {text!r}: unknown key {key!r} (target, split, by)")
+            raise SystemExit(f"--variant {text!r}: unknown key {key!r} (target, split, by, widen)")
+    if kw.get("widen") and "split" not in kw:
+        raise SystemExit(f"--variant {text!r}: widen=1 needs a split")
     return name, kw
+
+
+def at_least_unsplit(rec: dict) -> dict:
+    """A split systematics record whose classes may only widen: each class's floors raised, label by
+    label, to at least the unsplit floors (all stars) at the same fitted value of the bins' label, on
+    the union of both bin edges (both are piecewise constant, so the maximum is exact there)."""
+    from gsn_dask.fit.result import systematics_from_record
+
+    names = list(rec["sigma"])
+    unsplit = systematics_from_record({k: v for k, v in rec.items() if k != "classes"}, names)
+    groups = []
+    for g in rec["classes"]["groups"]:
+        own = systematics_from_record(g, names)
+        edges = [e for r in (g, rec) if "binned" in r for e in r["binned"]["edges"]]
+        new = {**g, "sigma": {n: max(g["sigma"][n], rec["sigma"][n]) for n in names}}
+        if edges:
+            by = (g.get("binned") or rec["binned"])["by"]
+            e = np.unique(edges)
+            mids = np.zeros((e.size - 1, len(names)))
+            mids[:, names.index(by)] = 0.5 * (e[1:] + e[:-1])
+            vals = np.array([np.maximum(own.at(m), unsplit.at(m)) for m in mids])
+            new["binned"] = {"by": by, "edges": e.tolist(), "sigma": {n: vals[:, j].tolist() for j, n in enumerate(names)}}
+        groups.append(new)
+    return {**rec, "classes": {**rec["classes"], "groups": groups, "widen_only": True}}
 
 
 def trained_variants(train, seed: int, variants: dict[str, dict], out: Path) -> dict[str, Path]:
@@ -66,7 +95,11 @@ def trained_variants(train, seed: int, variants: dict[str, dict], out: Path) -> 
     model, report = train_and_calibrate(train, DEFAULT_RECIPE.replace(seed=seed), threads=1, progress=False)
     recipe = model.meta["training"]["recipe"]
     for name, kw in variants.items():
-        calibrate(model, report["cv_folds"], **kw)  # the held-out fits are made once, then reused
+        kw = dict(kw)
+        widen = kw.pop("widen", False)
+        rec = calibrate(model, report["cv_folds"], **kw)  # the held-out fits are made once, then reused
+        if widen:
+            model.meta["label_systematics"] = at_least_unsplit(rec)
         recipe.update({"label_systematics_target": kw.get("target", "median"),
                        "label_systematics_split": kw.get("split"), "label_systematics_by": kw.get("by", "teff")})
         model.meta["training"]["recipe_is_default"] = DEFAULT_RECIPE.from_json(recipe).replace(seed=0) == DEFAULT_RECIPE

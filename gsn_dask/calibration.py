@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .emulator import GSN
-from .emulator_recipe import DEFAULT_RECIPE, TrainRecipe
+from .emulator_recipe import DEFAULT_RECIPE, SPLIT_RULES, TrainRecipe
 from .fit.config import FitConfig
 from .fit.posterior import SpectrumPosterior
 from .fit.start import find_map
@@ -198,15 +198,19 @@ def _quantile_bins(fit: np.ndarray, sd: np.ndarray, delta: np.ndarray, names: li
 
 def systematics_record(fit: np.ndarray, sd: np.ndarray, delta: np.ndarray, names: Sequence[str], *,
                        by: str | None = "teff", split: tuple[str, float] | None = None,
-                       target: str | Mapping[str, str] = "median", max_bins: int = 5, min_per_bin: int = 60
-                       ) -> dict[str, Any]:
+                       target: str | Mapping[str, str] = "median", max_bins: int = 5, min_per_bin: int = 60,
+                       split_rule: str = "own") -> dict[str, Any]:
     """The systematics of held-out fits (``fit``, their sigmas ``sd`` and ``delta = fit - label``,
     each (n_star, n_label), all finite): per label ``sigma`` solved by ``target`` (:data:`SOLVERS`;
     one for every label or label -> one, :func:`label_rules`),
     ``bias`` (median delta), the robust z spread before and after; ``binned`` in up to ``max_bins``
     quantile bins of the fitted ``by`` with at least ``min_per_bin`` stars each; with ``split`` =
     (label, value), ``classes``: the same, apart, for the stars fitted below and above the value
-    (e.g. giants and dwarfs at log g 3.8), when each class has ``min_per_bin`` stars."""
+    (e.g. giants and dwarfs at log g 3.8), when each class has ``min_per_bin`` stars; ``split_rule``
+    (:data:`SPLIT_RULES`) ``own``: a star gets its class's floors, ``widen``: at least the floors of
+    all stars (``classes.rule``; :class:`gsn_dask.fit.result.LabelSystematics`)."""
+    if split_rule not in SPLIT_RULES:
+        raise ValueError(f"split_rule {split_rule!r}: use one of {SPLIT_RULES}")
     names = list(names)
     solve = [SOLVERS[rule] for rule in label_rules(target, names)]
 
@@ -227,7 +231,8 @@ def systematics_record(fit: np.ndarray, sd: np.ndarray, delta: np.ndarray, names
         upper = fit[:, names.index(split[0])] >= float(split[1])
         if min(upper.sum(), (~upper).sum()) >= min_per_bin:
             out["classes"] = {"by": split[0], "at": [float(split[1])],
-                              "groups": [one(fit[m], sd[m], delta[m]) for m in (~upper, upper)]}
+                              "groups": [one(fit[m], sd[m], delta[m]) for m in (~upper, upper)],
+                              **({"rule": split_rule} if split_rule != "own" else {})}
     return out
 
 
@@ -251,6 +256,7 @@ def estimate_label_systematics(
     target: str | Mapping[str, str] = "median",
     max_bins: int = 5,
     min_per_bin: int = 60,
+    split_rule: str = "own",
     progress: bool = False,
     done: HeldOutFits | None = None,
 ) -> dict[str, Any]:
@@ -260,7 +266,7 @@ def estimate_label_systematics(
     them; -1 = skip); ``flux``/``ivar`` (stars, n_pix) normalised spectra on the models' grid,
     ``labels`` (stars, n_label) their reference labels. At most ``max_stars`` stars (a fixed
     random subset, ``seed``) are fitted. Returns the ``model.json`` record
-    (:func:`systematics_record` with ``by``, ``split``, ``target``, ``max_bins``, ``min_per_bin``)
+    (:func:`systematics_record` with ``by``, ``split``, ``target``, ``max_bins``, ``min_per_bin``, ``split_rule``)
     and the method. ``done``: held-out fits already made (:attr:`CVFolds.fits`), reused where they
     cover these stars."""
     idx = np.flatnonzero(np.asarray(model_index) >= 0)
@@ -270,7 +276,7 @@ def estimate_label_systematics(
     t0 = time.perf_counter()
     fit, sd, delta, ok, _ = _held_out_deltas(models, flux, ivar, labels, model_index, idx, config, progress, done)
     out = systematics_record(fit[ok], sd[ok], delta[ok], names, by=by, split=split, target=target,
-                             max_bins=max_bins, min_per_bin=min_per_bin)
+                             max_bins=max_bins, min_per_bin=min_per_bin, split_rule=split_rule)
     out["method"] = ("K-fold CV: MAP + Laplace fit of each held-out training star by its fold model; "
                      f"per label sigma such that {solver_rule(target, names)}")
     out["time_s"] = round(time.perf_counter() - t0, 2)
@@ -347,20 +353,21 @@ def refined_labels(cv_folds: CVFolds, share: float | Mapping[str, float], *, con
 
 def calibrate(model: GSN, cv_folds: CVFolds, *, config: FitConfig | None = None, by: str | None = "teff",
               split: tuple[str, float] | None = None, target: str | Mapping[str, str] = "median",
-              progress: bool = False) -> dict[str, Any]:
+              split_rule: str = "own", progress: bool = False) -> dict[str, Any]:
     """Measure the label systematics of a freshly trained ``model`` from its cross-validation
     (``cv_folds``, from :func:`gsn_dask.emulator_torch.train_gsn`'s report) and store the record
     in ``model.meta["label_systematics"]`` (written to ``model.json`` by ``model.save``); returns
     the record. The fold models fit their held-out stars (at most 800, a subset fixed by the
     training seed) with ``config`` (default :class:`~gsn_dask.fit.config.FitConfig`); ``by``,
-    ``split``, ``target``: the bins, classes and rule of :func:`systematics_record`."""
+    ``split``, ``target``, ``split_rule``: the bins, classes and rules of :func:`systematics_record`."""
     if not cv_folds.models:
         raise ValueError("no fold models: the training kept no cross-validation to calibrate with")
     if list(cv_folds.models[0].label_names) != list(model.label_names):
         raise ValueError(f"fold models emulate {cv_folds.models[0].label_names}, the model {model.label_names}")
     record = estimate_label_systematics(
         cv_folds.models, cv_folds.flux, cv_folds.ivar, cv_folds.labels, cv_folds.model_index,
-        config=config, seed=cv_folds.seed, by=by, split=split, target=target, progress=progress, done=cv_folds.fits,
+        config=config, seed=cv_folds.seed, by=by, split=split, target=target, split_rule=split_rule, progress=progress,
+        done=cv_folds.fits,
     )
     model.meta["label_systematics"] = record
     return record
@@ -392,11 +399,12 @@ def train_and_calibrate(
     if report["recipe"].label_systematics:
         report["label_systematics"] = calibrate(model, report["cv_folds"], by=recipe.label_systematics_by,
                                                 split=recipe.label_systematics_split,
-                                                target=recipe.label_systematics_target, progress=progress)
+                                                target=recipe.label_systematics_target,
+                                                split_rule=recipe.label_systematics_split_rule, progress=progress)
     return model, report
 
 
-__all__ = ["COVERAGE_68", "MEDIAN_ABS_Z", "SOLVERS", "SOLVER_RULES", "calibrate", "contradicted_labels", "estimate_label_systematics",
+__all__ = ["COVERAGE_68", "MEDIAN_ABS_Z", "SOLVERS", "SOLVER_RULES", "SPLIT_RULES", "calibrate", "contradicted_labels", "estimate_label_systematics",
            "label_rules", "solver_rule",
            "out_of_fold_fits", "refined_labels", "solve_sigma_coverage", "solve_sigma_sys", "systematics_record",
            "train_and_calibrate"]

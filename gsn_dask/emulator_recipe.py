@@ -22,6 +22,10 @@ FINAL_MODES = ("refit", "none")
 LABEL_PRIOR_MODES = ("auto", "kiel", "none")
 #: how the calibration solves a label's systematic floor (:data:`gsn_dask.calibration.SOLVERS`)
 SYSTEMATICS_TARGETS = ("median", "coverage")
+#: how a split's classes use their floors (:data:`gsn_dask.calibration.SPLIT_RULES`)
+SPLIT_RULES = ("own", "widen")
+#: the default split of the label systematics: giants and dwarfs (applied where the cube has log g)
+DEFAULT_SPLIT = ("logg", 3.8)
 #: Training-cube ``source`` attrs of observed-star libraries (``label_prior="auto"`` gives them a Kiel prior).
 OBSERVED_SOURCES = ("MILES",)
 #: ``label_noise_share="auto"``: the errors-in-variables shares (label -> share) that the default
@@ -88,7 +92,11 @@ class TrainRecipe:
     ``label_systematics_by``: the label in whose quantile bins of the fitted value the label
     systematics are also measured (the fit uses the bin of the star's posterior median);
     ``label_systematics_split`` = (label, value), e.g. ("logg", 3.8): measured apart, with their
-    own bins, for the stars fitted below and above the value (giants and dwarfs; None: one set);
+    own bins, for the stars fitted below and above the value (default giants and dwarfs at log g
+    3.8, for a cube with log g; None: one set);
+    ``label_systematics_split_rule``: ``widen`` (default: at least the floors of all stars, so the
+    split widens the class that needs it and narrows nothing; measured: README, `gsn-dask train`)
+    or ``own`` (a star gets its class's floors);
     ``label_systematics_target``: ``median`` (default) solves each floor so that the held-out
     training stars' median |z| is that of a unit Gaussian (0.6745; narrower than 68% coverage
     where the errors have heavy tails), ``coverage`` so that their 68% intervals cover their
@@ -121,8 +129,9 @@ class TrainRecipe:
     distil: int = 1
     label_systematics: bool = True
     label_systematics_by: str = "teff"
-    label_systematics_split: tuple[str, float] | None = None
+    label_systematics_split: tuple[str, float] | None = DEFAULT_SPLIT
     label_systematics_target: str | Mapping[str, str] = "median"
+    label_systematics_split_rule: str = "widen"
     label_prior: str = "auto"
     label_outlier_z: float | Mapping[str, float] | None = None
     label_noise_share: float | Mapping[str, float] | str | None = "auto"
@@ -170,6 +179,8 @@ class TrainRecipe:
                    else [self.label_systematics_target])
         if not targets or any(t not in SYSTEMATICS_TARGETS for t in targets):
             bad.append(f"label_systematics_target {self.label_systematics_target!r} (use one of {SYSTEMATICS_TARGETS})")
+        if self.label_systematics_split_rule not in SPLIT_RULES:
+            bad.append(f"label_systematics_split_rule {self.label_systematics_split_rule!r} (use one of {SPLIT_RULES})")
         if self.distil > 1 and not (self.refits and self.ensemble == 1):
             bad.append(f"distil {self.distil} (needs folds >= 2, final 'refit' and ensemble 1: it distils the "
                        "refit's networks into one)")
@@ -246,4 +257,4 @@ class TrainRecipe:
 #: The best-measured recipe (MILES, 3000-12000 K: see benchmarks/ and the demo).
 DEFAULT_RECIPE = TrainRecipe()
 
-__all__ = ["AUTO_NOISE_SHARE", "DEFAULT_RECIPE", "FINAL_MODES", "LABEL_PRIOR_MODES", "OBSERVED_SOURCES", "TrainRecipe"]
+__all__ = ["AUTO_NOISE_SHARE", "DEFAULT_RECIPE", "FINAL_MODES", "LABEL_PRIOR_MODES", "DEFAULT_SPLIT", "OBSERVED_SOURCES", "SPLIT_RULES", "TrainRecipe"]

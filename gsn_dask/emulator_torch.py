@@ -58,7 +58,7 @@ from .emulator_data import (  # the numpy half of training; the figure and the t
     training_config_record,
     training_meta,
 )
-from .emulator_recipe import DEFAULT_RECIPE, TrainRecipe
+from .emulator_recipe import DEFAULT_RECIPE, DEFAULT_SPLIT, TrainRecipe
 from .labels import LABEL_UNITS
 from .label_prior import LABELS as KIEL_LABELS, with_label_prior
 
@@ -607,8 +607,8 @@ def train_gsn(
         if value is not None and (hook is None or not set(value if isinstance(value, dict) else ()) <= set(data["labels"])):
             raise ValueError(f"{name} {value} needs gsn_dask.calibration.train_and_calibrate and labels among {data['labels']}")
     named = recipe.label_systematics_target if isinstance(recipe.label_systematics_target, dict) else {}
-    for name, label in (("by", recipe.label_systematics_by), ("split", (recipe.label_systematics_split or [None])[0]),
-                        *(("target", n) for n in named)):
+    split = recipe.label_systematics_split if recipe.label_systematics_split != DEFAULT_SPLIT else None  # default: where it can
+    for name, label in (("by", recipe.label_systematics_by), ("split", (split or [None])[0]), *(("target", n) for n in named)):
         if recipe.label_systematics and label is not None and label not in data["labels"]:
             raise ValueError(f"label_systematics_{name} {label!r}: not among the labels {data['labels']}")
     with _deterministic(recipe.seed, threads):

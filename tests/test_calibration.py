@@ -122,6 +122,34 @@ def test_systematics_record_classes_giants_and_dwarfs_apart():
     assert "classes" not in systematics_record(fit, sd, delta, names, split=("logg", 1.05))
 
 
+def test_split_rule_widen_gives_a_class_at_least_the_floor_of_all_stars():
+    """``split_rule="widen"``: each class's floor is the larger of its own and the unsplit one at
+    the same median, label by label; kept through the record, extra systematics and JSON."""
+    rng = np.random.default_rng(4)
+    n = 1200
+    fit = np.c_[rng.uniform(4000, 6500, n), rng.uniform(1.0, 5.0, n), rng.uniform(-1, 0.3, n)]
+    giant = fit[:, 1] < 3.8
+    sd = np.full((n, 3), [20.0, 0.02, 0.01])
+    delta = rng.normal(size=(n, 3)) * np.where(giant[:, None], [150.0, 0.4, 0.05], [80.0, 0.15, 0.15])
+    names = ["teff", "logg", "feh"]
+    own = systematics_from_record(systematics_record(fit, sd, delta, names, split=("logg", 3.8)), names)
+    rec = systematics_record(fit, sd, delta, names, split=("logg", 3.8), split_rule="widen")
+    assert rec["classes"]["rule"] == "widen"
+    widen = systematics_from_record(json.loads(json.dumps(rec)), names)
+    unsplit = systematics_from_record({k: v for k, v in rec.items() if k != "classes"}, names)
+    for m in np.c_[rng.uniform(3500, 7000, 200), rng.choice([2.0, 4.5], 200), np.zeros(200)]:
+        np.testing.assert_array_equal(widen.at(m), np.maximum(own.at(m), unsplit.at(m)))
+    giant_at, dwarf_at = widen.at(np.array([5000.0, 2.0, 0.0])), widen.at(np.array([5000.0, 4.5, 0.0]))
+    assert giant_at[1] == pytest.approx(own.at(np.array([5000.0, 2.0, 0.0]))[1])  # giants: their own, wider log g
+    assert dwarf_at[1] == pytest.approx(unsplit.at(np.array([5000.0, 4.5, 0.0]))[1])  # dwarfs: never narrower
+    assert giant_at[2] == pytest.approx(unsplit.at(np.array([5000.0, 2.0, 0.0]))[2])  # the giants' narrow [Fe/H]: not taken
+    assert json.loads(widen.to_json())["classes"]["rule"] == "widen"
+    assert with_extra_systematics(widen, names, {"teff": 10.0}).widen_only
+    assert "rule" not in systematics_record(fit, sd, delta, names, split=("logg", 3.8))["classes"]
+    with pytest.raises(ValueError, match="split_rule 'narrow'"):
+        systematics_record(fit, sd, delta, names, split=("logg", 3.8), split_rule="narrow")
+
+
 def test_estimate_recovers_reference_label_noise(model):
     """Spectra made at the true labels, 'reference' labels = truth + known noise: the CV
     estimate must find that noise as the systematic floor (and the statistical z is too wide)."""
@@ -425,12 +453,16 @@ def test_label_systematics_by_reaches_the_calibration(monkeypatch):
     real = cal.estimate_label_systematics
     monkeypatch.setattr(cal, "estimate_label_systematics",
                         lambda *a, **k: seen.append((k["by"], k["split"], k["target"])) or real(*a, **k))
+    with pytest.raises(ValueError, match="label_systematics_split_rule 'narrow'"):
+        cal.train_and_calibrate(analytic_cube(8, wavelength=log_lambda_grid(4000, 4100), seed=1),
+                                label_systematics_split_rule="narrow")
     ds = analytic_cube(60, wavelength=log_lambda_grid(4000, 4400), snr=80, seed=5)
     kw = dict(hidden=16, epochs=10, folds=2, seed=0, threads=1, progress=False, label_noise_share=None)
     by_teff, _ = cal.train_and_calibrate(ds, **kw)
     by_logg, _ = cal.train_and_calibrate(ds, label_systematics_by="logg", label_systematics_split=("logg", 3.8),
-                                         label_systematics_target="coverage", **kw)
-    assert seen == [("teff", None, "median"), ("logg", ("logg", 3.8), "coverage")]
+                                         label_systematics_target="coverage", label_systematics_split_rule="widen", **kw)
+    assert seen == [("teff", ("logg", 3.8), "median"), ("logg", ("logg", 3.8), "coverage")]  # giants, dwarfs apart
+    assert by_logg.meta["training"]["recipe"]["label_systematics_split_rule"] == "widen"
     np.testing.assert_array_equal(by_teff.W_out, by_logg.W_out)
     assert by_logg.meta["training"]["recipe"]["label_systematics_by"] == "logg"
     assert by_logg.meta["training"]["recipe"]["label_systematics_split"] == ["logg", 3.8]

@@ -42,7 +42,9 @@ def test_cli_defaults_are_the_default_recipe():
     assert recipe_from_args(parse("--label-noise-share", "none", "--label-outlier-z", "off")) == DEFAULT_RECIPE.replace(
         label_noise_share=None, label_outlier_z=None)
     assert recipe_from_args(parse("--label-systematics-split", "logg=3.8")).label_systematics_split == ("logg", 3.8)
-    assert recipe_from_args(parse("--label-systematics-split", "none")) == DEFAULT_RECIPE
+    assert recipe_from_args(parse("--label-systematics-split-rule", "own")).label_systematics_split_rule == "own"
+    assert (DEFAULT_RECIPE.label_systematics_split, DEFAULT_RECIPE.label_systematics_split_rule) == (("logg", 3.8), "widen")
+    assert recipe_from_args(parse("--label-systematics-split", "none")) == DEFAULT_RECIPE.replace(label_systematics_split=None)
     assert DEFAULT_RECIPE.label_systematics_target == "median"  # coverage measured, not kept (README: `gsn-dask train`)
     assert recipe_from_args(parse("--label-systematics-target", "coverage")) == DEFAULT_RECIPE.replace(
         label_systematics_target="coverage")

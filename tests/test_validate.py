@@ -17,6 +17,7 @@ from gsn_dask.validate import (
     STELLAR_CLASSES,
     ValidationReport,
     assign_snr_bins,
+    bootstrap_errors,
     canonical_ids,
     detect_columns,
     id_candidates,
@@ -174,6 +175,48 @@ def test_calibration_fraction(scale, frac, zstd):
     extra = rep.calibration.set_index("label")["extra_sigma"].to_numpy()
     want = SIGMA * np.sqrt(max(0.0, 1 - scale**2))  # near 0 the sqrt amplifies the sampling noise
     assert np.all(np.abs(extra - want) < (0.35 if scale == 1.0 else 0.1) * SIGMA), extra
+
+
+def test_bootstrap_errors_match_the_binomial_and_count_objects_not_rows():
+    rng = np.random.default_rng(3)
+    n, sigma = 400, 2.0
+    diff = rng.normal(0.0, sigma, n)
+    ref = np.zeros(n)
+    p16, p84 = ref + diff - sigma, ref + diff + sigma  # a calibrated interval: covers 68%
+    one = bootstrap_errors(diff, ref, p16, p84, np.arange(n))
+    inside = np.mean(np.abs(diff) <= sigma)
+    assert one["n_objects"] == n
+    assert one["frac_in_68_se"] == pytest.approx(np.sqrt(inside * (1 - inside) / n), rel=0.2)
+    assert one["mad_std_se"] == pytest.approx(1.17 * sigma / np.sqrt(n), rel=0.3)  # MAD: 37% efficient
+    assert one["bias_se"] == pytest.approx(1.25 * sigma / np.sqrt(n), rel=0.3)  # median: sqrt(pi/2)
+    # every object observed twice with the same errors: the same information, so the same errors
+    # when the observations are grouped by object, sqrt(2) too small when each row counts as an object
+    twice = [np.r_[a, a] for a in (diff, ref, p16, p84)]
+    grouped = bootstrap_errors(*twice, np.r_[np.arange(n), np.arange(n)])
+    rows = bootstrap_errors(*twice, np.arange(2 * n))
+    assert grouped["n_objects"] == n and rows["n_objects"] == 2 * n
+    for k in ("frac_in_68_se", "mad_std_se"):
+        assert grouped[k] == pytest.approx(one[k], rel=0.2)
+        assert grouped[k] / rows[k] == pytest.approx(np.sqrt(2), rel=0.2)
+    assert bootstrap_errors(*twice, np.r_[np.arange(n), np.arange(n)]) == grouped  # fixed seed: the same table
+    few = bootstrap_errors(diff[:8], ref[:8], p16[:8], p84[:8], np.arange(8) % 4)
+    assert few["n_objects"] == 4 and np.isnan(few["frac_in_68_se"])
+
+
+def test_calibration_table_carries_bootstrap_errors_by_object():
+    res, spectra, _ = make_set(n=300, bias=[0, 0, 0], seed=5)
+    rep = validate(res, spectra)
+    c = rep.calibration.set_index("label")
+    assert (c["n_objects"] == 300).all()
+    assert np.allclose(c["frac_in_68_se"], np.sqrt(0.683 * 0.317 / 300), rtol=0.3)
+    assert np.allclose(c["mad_std"].to_numpy(), [row(rep, lab)["mad_std"] for lab in LABELS])
+    assert "±" in rep.table()
+    stars = [str(s) for s in res["star"].values]
+    pairs = validate(res, spectra, groups=[s[:-1] for s in stars])  # star00010..star00019 -> one object
+    assert (pairs.calibration["n_objects"] == 30).all()  # independent stars: about the same errors
+    assert np.allclose(pairs.calibration["frac_in_68_se"], c["frac_in_68_se"], rtol=0.5)
+    with pytest.raises(ValueError, match="groups: 3 values for 300 results stars"):
+        validate(res, spectra, groups=stars[:3])
 
 
 def test_calibration_with_reference_errors():

@@ -80,7 +80,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "%(default)s; e.g. logg, so that giants and dwarfs get their own interval floors)")
     p.add_argument("--label-systematics-split", type=_split, default=R.label_systematics_split, metavar="LABEL=VALUE",
                    help="measure the label systematics apart, each with its own bins, for the stars fitted below and "
-                        "above VALUE of LABEL (e.g. logg=3.8: giants and dwarfs); none: one set")
+                        "above VALUE of LABEL (default logg=3.8: giants and dwarfs, where the cube has log g; see "
+                        "--label-systematics-split-rule); none: one set for all stars")
+    p.add_argument("--label-systematics-split-rule", default=R.label_systematics_split_rule, choices=["own", "widen"],
+                   help="with --label-systematics-split: own: a star gets its class's floors; widen: at least the "
+                        "floors of all stars (the split widens the class that needs it, e.g. giants' log g, and "
+                        "narrows nothing). Default %(default)s")
     p.add_argument("--label-systematics-target", type=_target, default=R.label_systematics_target, metavar="RULE",
                    help="median: each floor makes the held-out training stars' median |z| that of a unit Gaussian "
                         "(narrower than 68%% coverage where the errors have heavy tails); coverage: makes their 68%% "
@@ -185,6 +190,7 @@ def recipe_from_args(args: argparse.Namespace) -> TrainRecipe:
         label_systematics=not args.no_label_systematics,
         label_systematics_by=args.label_systematics_by,
         label_systematics_split=args.label_systematics_split,
+        label_systematics_split_rule=args.label_systematics_split_rule,
         label_systematics_target=args.label_systematics_target,
         label_prior=args.label_prior,
         label_outlier_z=args.label_outlier_z,

@@ -133,11 +133,13 @@ class LabelSystematics:
     teff: cool and hot stars have larger errors than solar-type ones), looked up at the star's
     posterior median of that label; and optionally ``classes`` = (label, boundaries, one
     LabelSystematics per class), e.g. giants and dwarfs split at log g 3.8, each with its own
-    values and bins, looked up first."""
+    values and bins, looked up first; with ``widen_only`` a class's value is at least the unsplit
+    one (all stars) at the same median: the split may widen an interval, never narrow it."""
 
     def __init__(self, label_names: list[str], sigma: np.ndarray, by: str | None = None,
                  edges: np.ndarray | None = None, binned: np.ndarray | None = None,
-                 classes: tuple[str, np.ndarray, list[LabelSystematics]] | None = None) -> None:
+                 classes: tuple[str, np.ndarray, list[LabelSystematics]] | None = None,
+                 widen_only: bool = False) -> None:
         self.label_names = list(label_names)
         self.sigma = np.asarray(sigma, dtype=np.float64)
         self.by = by if by in self.label_names and edges is not None and binned is not None else None
@@ -145,6 +147,7 @@ class LabelSystematics:
         self.binned = None if self.by is None else np.asarray(binned, dtype=np.float64)  # (n_bin, n_label)
         ok = classes is not None and classes[0] in self.label_names and len(classes[2]) == len(classes[1]) + 1
         self.classes = (classes[0], np.asarray(classes[1], dtype=np.float64), list(classes[2])) if ok else None
+        self.widen_only = bool(widen_only) and self.classes is not None
 
     def at(self, median: np.ndarray) -> np.ndarray:
         """Sigma (n_label,) for a star with posterior medians ``median``."""
@@ -152,7 +155,12 @@ class LabelSystematics:
             name, bounds, groups = self.classes
             c = float(np.asarray(median)[self.label_names.index(name)])
             if np.isfinite(c):
-                return groups[int(np.searchsorted(bounds, c, side="right"))].at(median)
+                own = groups[int(np.searchsorted(bounds, c, side="right"))].at(median)
+                return np.maximum(own, self._unsplit_at(median)) if self.widen_only else own
+        return self._unsplit_at(median)
+
+    def _unsplit_at(self, median: np.ndarray) -> np.ndarray:
+        """The value of all stars (no classes) for ``median``: binned where there are bins."""
         if self.by is None:
             return self.sigma
         v = float(np.asarray(median)[self.label_names.index(self.by)])
@@ -165,7 +173,8 @@ class LabelSystematics:
         """These systematics with ``add`` (n_label,) added in quadrature to every value."""
         binned = None if self.binned is None else np.hypot(self.binned, add[None, :])
         classes = None if self.classes is None else (*self.classes[:2], [g.plus(add) for g in self.classes[2]])
-        return LabelSystematics(self.label_names, np.hypot(self.sigma, add), self.by, self.edges, binned, classes)
+        return LabelSystematics(self.label_names, np.hypot(self.sigma, add), self.by, self.edges, binned, classes,
+                                self.widen_only)
 
     def to_record(self) -> dict[str, Any]:
         """The ``model.json`` form (:func:`systematics_from_record` reads it back)."""
@@ -175,7 +184,8 @@ class LabelSystematics:
                            "sigma": {n: self.binned[:, j].tolist() for j, n in enumerate(self.label_names)}}
         if self.classes is not None:
             d["classes"] = {"by": self.classes[0], "at": self.classes[1].tolist(),
-                            "groups": [g.to_record() for g in self.classes[2]]}
+                            "groups": [g.to_record() for g in self.classes[2]],
+                            **({"rule": "widen"} if self.widen_only else {})}
         return d
 
     def to_json(self) -> str:
@@ -231,7 +241,8 @@ def systematics_from_record(rec: Mapping[str, Any] | str | None, label_names: Se
     if by in names and _finite_numbers(edges, nonnegative=False) and all(
             _finite_numbers(bs.get(n)) and len(bs[n]) == len(edges) - 1 for n in names):
         binned = np.array([bs[n] for n in names]).T
-    return LabelSystematics(names, out, by if binned is not None else None, edges, binned, _classes(rec, names))
+    return LabelSystematics(names, out, by if binned is not None else None, edges, binned, _classes(rec, names),
+                            widen_only=(rec.get("classes") or {}).get("rule") == "widen")
 
 
 def _classes(rec: Mapping[str, Any], names: list[str]) -> tuple[str, np.ndarray, list[LabelSystematics]] | None:

@@ -213,6 +213,7 @@ def validate(
     thresholds: Mapping[str, float] | None = None,
     estimate: str = "median",
     use_ref_errors: bool = True,
+    groups: Sequence[Any] | np.ndarray | None = None,
 ) -> ValidationReport:
     """Compare a results cube with reference labels.
 
@@ -238,6 +239,9 @@ def validate(
     thresholds : outlier thresholds per label (default :data:`DEFAULT_THRESHOLDS`).
     estimate : ``"median"`` (posterior median) or ``"map"`` as "ours".
     use_ref_errors : include reference uncertainties (``<label>_err``) in ``z_tot``.
+    groups : the object each results star is an observation of (results order), for the bootstrap
+        standard errors of the calibration table (every observation of a drawn object comes along);
+        default: the matched reference row.
     """
     _check_args(results, estimate, match)
     mapping = parse_mapping(columns)
@@ -268,7 +272,10 @@ def validate(
                          thresholds=thresholds, use_ref_errors=use_ref_errors, results_attrs=results.attrs)
     matched.attrs.update({k: str(v) for k, v in settings.items()})
     _add_unmatched_alpha(matched, results, our_labels, use, hit)
-    stats, calibration = compute_stats(matched, snr_bins=snr_bins, thresholds=settings["thresholds"])
+    if groups is not None and len(groups) != our_stars.size:
+        raise ValueError(f"groups: {len(groups)} values for {our_stars.size} results stars")
+    stats, calibration = compute_stats(matched, snr_bins=snr_bins, thresholds=settings["thresholds"],
+                                       groups=None if groups is None else np.asarray(groups, dtype=object)[hit])
     min_snr = snr_bins[1] if len(snr_bins) > 1 else None  # 30 with the default bins
     return ValidationReport(matched=matched, stats=stats, calibration=calibration, labels=list(use),
                             snr_bins=snr_bins, settings=settings, classes=class_stats(matched, min_snr=min_snr),

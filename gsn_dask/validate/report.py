@@ -13,6 +13,7 @@ import pandas as pd
 import xarray as xr
 
 from .reference import _str_values
+from .stats import N_BOOT
 
 
 @dataclass
@@ -73,16 +74,23 @@ def _stats_rows(stats: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     return head, body
 
 
+def _pm(x: float, se: float, lab: str, kind: str = "value") -> str:
+    """``x ± se`` (the bootstrap standard error; only x where it is unknown)."""
+    return _fmt(x, lab, kind) + (f" ± {_fmt(se, lab, kind)}" if se is not None and np.isfinite(se) else "")
+
+
 def _calib_rows(calibration: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    head = ["label", "N", "in 68%", "z median", "z std", "z rstd", "N ref err", "in 68% (tot)", "z_tot rstd",
-            "extra sigma"]
+    head = ["label", "N", "objects", "in 68%", "MAD std", "z median", "z std", "z rstd", "N ref err", "in 68% (tot)",
+            "z_tot rstd", "extra sigma"]
     body = []
     for r in calibration.itertuples(index=False):
         lab = str(r.label)
-        body.append([lab, str(int(r.n_calib)), _fmt(r.frac_in_68, lab, "frac"), _fmt(r.z_median, lab, "z"),
-                     _fmt(r.z_std, lab, "z"), _fmt(r.z_robust_std, lab, "z"), str(int(r.n_ref_err)),
-                     _fmt(r.frac_in_68_tot, lab, "frac"), _fmt(r.z_tot_robust_std, lab, "z"),
-                     _fmt(getattr(r, "extra_sigma", np.nan), lab)])
+        get = lambda name: getattr(r, name, np.nan)  # noqa: E731 - tables written before these columns
+        body.append([lab, str(int(r.n_calib)), str(int(get("n_objects"))) if np.isfinite(get("n_objects")) else "-",
+                     _pm(r.frac_in_68, get("frac_in_68_se"), lab, "frac"), _pm(get("mad_std"), get("mad_std_se"), lab),
+                     _fmt(r.z_median, lab, "z"), _fmt(r.z_std, lab, "z"), _fmt(r.z_robust_std, lab, "z"),
+                     str(int(r.n_ref_err)), _fmt(r.frac_in_68_tot, lab, "frac"), _fmt(r.z_tot_robust_std, lab, "z"),
+                     _fmt(get("extra_sigma"), lab)])
     return head, body
 
 
@@ -137,7 +145,7 @@ def format_stats(stats: pd.DataFrame, calibration: pd.DataFrame | None = None, *
         text += "\n\nPosterior calibration (all S/N): fraction of reference values inside [p16, p84],\n"
         text += "z = diff / sigma_post (sigma_post = (p84-p16)/2), z_tot includes the reference uncertainty;\n"
         text += "extra sigma: the floor that, refitting with --set extra_systematics='{\"label\": sigma}', makes\n"
-        text += "median |z| = 0.6745 (68% coverage of this reference)\n"
+        text += "median |z| = 0.6745 (68% coverage of this reference); ± = bootstrap standard error over objects\n"
         text += _text_table(*_calib_rows(calibration))
     if classes is not None and len(classes):
         text += "\n\n" + CLASS_NOTE + "\n" + _text_table(*_class_rows(classes))
@@ -282,7 +290,10 @@ def report_markdown(report: ValidationReport, fig_paths: Mapping[str, Sequence[P
         "std of z near 1 (z_tot also includes the reference uncertainty, where the reference has one). "
         "extra sigma: the floor that, added in quadrature to every interval (refit with "
         "`--set extra_systematics='{\"teff\": ..., ...}'`), makes these reference values fall inside "
-        "the 68% intervals 68% of the time (median |z| = 0.6745); 0 where the intervals already cover them.",
+        "the 68% intervals 68% of the time (median |z| = 0.6745); 0 where the intervals already cover them. "
+        "± is the bootstrap standard error over the objects (every observation of a drawn object comes along; "
+        f"{N_BOOT} draws): how much the number would move on another sample of as many objects. Two models "
+        "fitted to the same stars share that sample, so compare them star by star, not by these errors.",
         *_systematics_lines(s.get("label_systematics")),
         "",
         _md_table(*_calib_rows(report.calibration)),

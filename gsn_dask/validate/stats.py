@@ -4,6 +4,7 @@ stellar class (:func:`class_stats`), and the scale offset separated from the sca
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -91,6 +92,36 @@ def _calib_stats(diff: np.ndarray, ref: np.ndarray, p16: np.ndarray, p84: np.nda
     return out
 
 
+#: Bootstrap draws behind the calibration table's standard errors (fixed seed: the same table every run).
+N_BOOT = 200
+#: Fewest objects for a bootstrap standard error (NaN below).
+MIN_BOOT_OBJECTS = 5
+
+
+def bootstrap_errors(diff: np.ndarray, ref: np.ndarray, p16: np.ndarray, p84: np.ndarray, groups: np.ndarray,
+                     *, n_boot: int = N_BOOT, seed: int = 0) -> dict[str, float]:
+    """Standard errors of the median bias, the 1.4826 MAD and the fraction of reference values inside
+    [p16, p84] (label units, fraction), by a bootstrap over objects: ``groups`` names each row's object,
+    and every row of a drawn object comes along (two observations of one star are not two stars).
+    Rows with a non-finite diff, p16 or p84 are left out; NaN with fewer than ``MIN_BOOT_OBJECTS`` objects."""
+    ok = np.isfinite(diff) & np.isfinite(p16) & np.isfinite(p84)
+    nan = {"n_objects": 0, "bias_se": np.nan, "mad_std_se": np.nan, "frac_in_68_se": np.nan}
+    codes, inv = np.unique(np.asarray(groups)[ok].astype(str), return_inverse=True)
+    if codes.size < MIN_BOOT_OBJECTS:
+        return {**nan, "n_objects": int(codes.size)}
+    d, inside = diff[ok], (ref[ok] >= p16[ok]) & (ref[ok] <= p84[ok])
+    rng = np.random.default_rng(seed)
+    draws = np.empty((int(n_boot), 3))
+    for b in range(int(n_boot)):
+        w = np.bincount(rng.integers(0, codes.size, codes.size), minlength=codes.size)[inv]
+        db = np.repeat(d, w)
+        med = np.median(db)
+        draws[b] = med, MAD_TO_STD * np.median(np.abs(db - med)), np.repeat(inside, w).mean()
+    se = draws.std(axis=0, ddof=1)
+    return {"n_objects": int(codes.size), "bias_se": float(se[0]), "mad_std_se": float(se[1]),
+            "frac_in_68_se": float(se[2])}
+
+
 def _extra_sigma(diff: np.ndarray, p16: np.ndarray, p84: np.ndarray, z: np.ndarray) -> float:
     """The sigma that, added in quadrature to each side of the intervals, gives median |z| = 0.6745
     (a unit Gaussian's): ``FitConfig.extra_systematics`` for this reference."""
@@ -103,6 +134,7 @@ def compute_stats(
     *,
     snr_bins: Sequence[float] = DEFAULT_SNR_BINS,
     thresholds: Mapping[str, float] | None = None,
+    groups: Sequence[Any] | np.ndarray | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Statistics of a matched dataset (from :func:`validate`) over its ``selected`` stars.
 
@@ -111,7 +143,10 @@ def compute_stats(
     outlier_frac, frac_in_68, z_robust_std) and ``calibration`` (one row per label: n_calib,
     frac_in_68, z_median, z_std, z_robust_std, n_ref_err, frac_in_68_tot, z_tot_robust_std,
     extra_sigma: the floor to add to the intervals, ``FitConfig.extra_systematics``, for them to
-    cover these reference values 68% of the time).
+    cover these reference values 68% of the time; mad_std, and the bootstrap standard errors
+    bias_se, mad_std_se, frac_in_68_se over n_objects objects, :func:`bootstrap_errors`).
+    ``groups`` (one per matched star): the object each star is an observation of, for the bootstrap
+    (default: its reference row, so repeat spectra matched to one reference row count once).
     """
     thresholds = {**DEFAULT_THRESHOLDS, **dict(thresholds or {})}
     sel = np.asarray(matched["selected"].values, bool)
@@ -125,6 +160,9 @@ def compute_stats(
     bins.append((ALL_BIN, np.nan, np.nan, sel))
     rows, calib = [], []
     labels = _str_values(matched["label"].values)
+    groups = np.asarray(matched["ref_row"].values if groups is None else groups)
+    if groups.shape != sel.shape:
+        raise ValueError(f"groups: {groups.shape[0] if groups.ndim else 0} values for {sel.size} matched stars")
     for j, lab in enumerate(labels):
         diff = np.asarray(matched["diff"].values[:, j], np.float64)
         ref = np.asarray(matched["ref"].values[:, j], np.float64)
@@ -143,7 +181,9 @@ def compute_stats(
                          "frac_in_68": cs["frac_in_68"], "z_robust_std": cs["z_robust_std"]})
         calib.append({"label": lab, "unit": unit, **_calib_stats(diff[sel], ref[sel], p16[sel], p84[sel],
                                                                  z[sel], z_tot[sel]),
-                      "extra_sigma": _extra_sigma(diff[sel], p16[sel], p84[sel], z[sel])})
+                      "extra_sigma": _extra_sigma(diff[sel], p16[sel], p84[sel], z[sel]),
+                      "mad_std": robust_std(diff[sel]),
+                      **bootstrap_errors(diff[sel], ref[sel], p16[sel], p84[sel], groups[sel])})
     cols = ["label", "unit", "snr_bin", "snr_lo", "snr_hi", "n", "bias", "mean", "std", "mad_std",
             "outlier_threshold", "outlier_frac", "frac_in_68", "z_robust_std"]
     stats = pd.DataFrame(rows, columns=cols)

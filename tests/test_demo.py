@@ -1,0 +1,19 @@
+"""Tests of gsn_dask.demo's small pieces (the whole demo runs from the README, not in the tests)."""
+from __future__ import annotations
+
+import pandas as pd
+
+from gsn_dask.demo import _errors_line, source_star
+
+
+def test_the_two_observations_of_a_star_are_one_object():
+    assert source_star("s0123_sn30") == source_star("s0123_sn100") == "s0123"
+    assert source_star("a_sn_b_sn30") == "a_sn_b"  # only the last suffix is the S/N
+
+
+def test_errors_line_names_each_label_and_the_object_count():
+    cal = pd.DataFrame({"label": ["teff", "logg"], "mad_std_se": [9.87, 0.0213], "frac_in_68_se": [0.046, 0.051],
+                        "n_objects": [105, 105]})
+    line = _errors_line(cal, "MILES hold-out")
+    assert line.startswith("MILES hold-out, all S/N, bootstrap standard errors over its 105 objects")
+    assert "teff MAD ± 9.9, in 68% ± 0.05" in line and "logg MAD ± 0.021, in 68% ± 0.05" in line
