@@ -144,6 +144,10 @@ def test_split_rule_widen_gives_a_class_at_least_the_floor_of_all_stars():
     assert dwarf_at[1] == pytest.approx(unsplit.at(np.array([5000.0, 4.5, 0.0]))[1])  # dwarfs: never narrower
     assert giant_at[2] == pytest.approx(unsplit.at(np.array([5000.0, 2.0, 0.0]))[2])  # the giants' narrow [Fe/H]: not taken
     assert json.loads(widen.to_json())["classes"]["rule"] == "widen"
+    from gsn_dask.validate.report import _systematics_lines
+
+    assert "never narrows" in "\n".join(_systematics_lines(widen.to_json()))
+    assert "never narrows" not in "\n".join(_systematics_lines(own.to_json()))
     assert with_extra_systematics(widen, names, {"teff": 10.0}).widen_only
     assert "rule" not in systematics_record(fit, sd, delta, names, split=("logg", 3.8))["classes"]
     with pytest.raises(ValueError, match="split_rule 'narrow'"):

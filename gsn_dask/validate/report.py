@@ -232,6 +232,9 @@ def _systematics_lines(text: str | None) -> list[str]:
     lines += _binned_lines(rec.get("binned"))
     c = rec.get("classes")
     if c:
+        if c.get("rule") == "widen":
+            lines += ["", "Each class below was measured apart; a star got the larger of its class's value and the "
+                          "value of all stars above (the split widens an interval, never narrows it)."]
         for g, (lo, hi) in zip(c["groups"], zip([None, *c["at"]], [*c["at"], None])):
             where = " and ".join(x for x in (lo is not None and f"{c['by']} >= {lo:g}", hi is not None and f"{c['by']} < {hi:g}") if x)
             lines += ["", f"Stars fitted at {where}: " + ", ".join(f"{k} {v:.3g}" for k, v in g["sigma"].items()) + "."]
