@@ -121,6 +121,23 @@ def save_tagged(path: Path, tag: str, result: dict) -> None:
     path.write_text(json.dumps(allr, indent=1))
 
 
+def run_seeds(save: Path, script: str, seeds: list[int], key: str, one, show) -> None:  # noqa: ANN001
+    """The per-seed loop of a prototype measurement: ``one(seed)`` -> a record with ``model_id``,
+    ``wall_s`` and ``rows``, shown by ``show(title, rows)`` and merged into ``save``'s ``per_seed``
+    under ``key.format(seed=...)`` (other seeds kept), with the command line."""
+    import sys
+
+    saved = json.loads(save.read_text()) if save.exists() else {}
+    per_seed = saved.get("per_seed", {})
+    for seed in seeds:
+        r = one(seed)
+        per_seed[key.format(seed=seed)] = r
+        show(f"seed {seed} ({key.format(seed=seed)}, model {r['model_id']}, {r['wall_s']} s)", r["rows"])
+    save.write_text(json.dumps({**saved, "command": f"python benchmarks/{script} " + " ".join(sys.argv[1:]),
+                                "per_seed": per_seed}, indent=1) + "\n")
+    print(f"saved {save}")
+
+
 def add_fit_run_args(ap, save: Path) -> None:  # noqa: ANN001 - argparse.ArgumentParser
     """The options of a tagged fit-comparison benchmark: --tag, --set, --sampler, --seed, --save."""
     ap.add_argument("--tag", required=True, help="name of this run in the results file")

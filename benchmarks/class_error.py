@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from _common import label_stats
+from _common import label_stats, run_seeds
 from label_ensemble import with_reporting
 
 OUT = Path(__file__).with_name("results") / "class_error.json"
@@ -91,7 +90,8 @@ def class_errors(cv: dict, edges: np.ndarray) -> tuple[list[np.ndarray], list[in
 
 def two_stage_floors(model, folds: list, cv: dict, errs: list, edges: np.ndarray) -> dict:  # noqa: ANN001
     """The label-systematics record of the cross-validation fitted in two stages (class by the
-    pooled fold model's MAP Teff, then the fold model with its class error), the default rule."""
+    pooled fold model's MAP Teff, then the fold model with its class error), solved as the model's
+    own recipe solves it (bins, target, split and split rule)."""
     from gsn_dask.calibration import out_of_fold_fits, systematics_record
     from gsn_dask.fit.config import FitConfig
 
@@ -106,7 +106,11 @@ def two_stage_floors(model, folds: list, cv: dict, errs: list, edges: np.ndarray
                                                    cv["model_index"], idx[sel], cfg)
     delta = fit2 - cv["labels"][idx]
     ok = np.all(np.isfinite(delta) & np.isfinite(sd2), axis=1)
-    return systematics_record(fit2[ok], sd2[ok], delta[ok], list(model.label_names), by="teff", target="median")
+    r = model.meta["training"]["recipe"]
+    split = r.get("label_systematics_split")
+    return systematics_record(fit2[ok], sd2[ok], delta[ok], list(model.label_names), by=r.get("label_systematics_by", "teff"),
+                              target=r.get("label_systematics_target", "median"), split=tuple(split) if split else None,
+                              split_rule=r.get("label_systematics_split_rule", "own"))
 
 
 def table(names: list[str], med: np.ndarray, lo: np.ndarray, hi: np.ndarray, truth: np.ndarray) -> dict:
@@ -178,15 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--save", type=Path, default=OUT, help=f"JSON to merge the seeds into (default {OUT.name})")
     args = ap.parse_args(argv)
     edges = np.array([float(x) for x in args.edges.split(",")])
-    saved = json.loads(args.save.read_text()) if args.save.exists() else {}
-    per_seed = saved.get("per_seed", {})
-    for seed in args.seeds:
-        r = one_seed(seed, args.threads, args.sampler, args.work, edges)
-        per_seed[f"{args.sampler}-{seed}"] = r
-        print_rows(f"seed {seed} ({args.sampler}, model {r['model_id']}, {r['wall_s']} s)", r["rows"])
-    args.save.write_text(json.dumps({**saved, "command": "python benchmarks/class_error.py " + " ".join(sys.argv[1:]),
-                                     "per_seed": per_seed}, indent=1) + "\n")
-    print(f"saved {args.save}")
+    run_seeds(args.save, "class_error.py", args.seeds, args.sampler + "-{seed}",
+              lambda seed: one_seed(seed, args.threads, args.sampler, args.work, edges), print_rows)
     return 0
 
 

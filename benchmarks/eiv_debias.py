@@ -27,7 +27,7 @@ import numpy as np
 
 import gsn_dask as gd
 from gsn_dask import demo
-from systematics_target import holdout, lamost, save_paired
+from systematics_target import add_path_args, holdout, lamost, save_paired
 
 OUT = Path(__file__).resolve().parent / "results" / "eiv_debias.json"
 
@@ -50,14 +50,15 @@ def debiased_labels(cv_folds, share):  # noqa: ANN001, ANN201 - the relabel hook
 
 
 def trained(train, seed: int, out: Path) -> Path:  # noqa: ANN001
-    """The default recipe with ``seed``, its errors in variables debiased, calibrated; saved to ``out``."""
+    """The default recipe with ``seed``, its errors in variables debiased, calibrated with one set of floors
+    as the ``median`` models it is paired with; saved to ``out``."""
     from gsn_dask.calibration import calibrate, contradicted_labels
     from gsn_dask.emulator_recipe import DEFAULT_RECIPE
     from gsn_dask.emulator_torch import train_gsn
 
     if (out / "model.json").exists():
         return out
-    recipe = DEFAULT_RECIPE.replace(seed=seed)
+    recipe = DEFAULT_RECIPE.replace(seed=seed, label_systematics_split=None)
     model, report = train_gsn(train, recipe, threads=1, progress=False, relabel=debiased_labels,
                               screen=lambda cv, z: contradicted_labels(cv, z))
     calibrate(model, report["cv_folds"], by=recipe.label_systematics_by, split=recipe.label_systematics_split,
@@ -69,9 +70,7 @@ def trained(train, seed: int, out: Path) -> Path:  # noqa: ANN001
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--miles-cube", type=Path, required=True, help="gsn-dask grid miles (the README path's cube)")
-    ap.add_argument("--lamost-cube", type=Path, required=True, help="gsn-dask ingest of the LAMOST files")
-    ap.add_argument("--lamost", type=Path, required=True, help="the LAMOST files (for readme_path.py)")
+    add_path_args(ap)
     ap.add_argument("--work", type=Path, required=True, help="systematics_target.py's --work (its median models)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--save", type=Path, default=OUT)

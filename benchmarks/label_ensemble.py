@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import label_stats
+from _common import label_stats, run_seeds
 from network_variance import final_inputs
 
 OUT = Path(__file__).resolve().parent / "results" / "label_ensemble.json"
@@ -193,9 +193,8 @@ def main(argv: list[str] | None = None) -> int:
                          "from readme_path.py --model (needs --lamost-cube)")
     ap.add_argument("--lamost-cube", type=Path, default=None, help="the ingested LAMOST cube with LASP labels")
     args = ap.parse_args(argv)
-    saved = json.loads(args.save.read_text()) if args.save.exists() else {}
-    per_seed = saved.get("per_seed", {})
     if args.lamost_work is not None:
+        saved = json.loads(args.save.read_text()) if args.save.exists() else {}
         lam = saved.get("lamost", {})
         for seed in args.seeds:
             lam[str(seed)] = lamost_rows(args.lamost_work / f"seed{seed}", args.lamost_cube)
@@ -205,13 +204,9 @@ def main(argv: list[str] | None = None) -> int:
                                          + " ".join(sys.argv[1:])}, indent=1) + "\n")
         print(f"saved {args.save}")
         return 0
-    for seed in args.seeds:
-        r = one_seed(seed, args.threads, args.sampler, args.work, args.finals)
-        per_seed[f"{args.sampler}-{seed}" + (f"-finals{args.finals}" if args.finals > 1 else "")] = r
-        print_rows(f"seed {seed} ({args.sampler}, model {r['model_id']}, {r['wall_s']} s)", r["rows"])
-    args.save.write_text(json.dumps({**saved, "command": "python benchmarks/label_ensemble.py " + " ".join(sys.argv[1:]),
-                                     "per_seed": per_seed}, indent=1) + "\n")
-    print(f"saved {args.save}")
+    run_seeds(args.save, "label_ensemble.py", args.seeds,
+              args.sampler + "-{seed}" + (f"-finals{args.finals}" if args.finals > 1 else ""),
+              lambda seed: one_seed(seed, args.threads, args.sampler, args.work, args.finals), print_rows)
     return 0
 
 

@@ -150,11 +150,16 @@ def earlier_seeds(files: list[Path], variants: dict[str, dict]) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_path_args(ap: argparse.ArgumentParser) -> None:
+    """The inputs of both test sets: --miles-cube, --lamost-cube, --lamost."""
     ap.add_argument("--miles-cube", type=Path, required=True, help="gsn-dask grid miles (the README path's cube)")
     ap.add_argument("--lamost-cube", type=Path, required=True, help="gsn-dask ingest of the LAMOST files")
     ap.add_argument("--lamost", type=Path, required=True, help="the LAMOST files (for readme_path.py)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_path_args(ap)
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="training seeds to run (none: only pair --with-results)")
     ap.add_argument("--variant", action="append", required=True, metavar="NAME=SPEC", help=parse_variant.__doc__)

@@ -87,19 +87,24 @@ def test_systematics_record_solves_each_label_its_own_way():
     assert solver_rule({"logg": "coverage"}, names).split("; ")[1] == f"logg: {SOLVER_RULES['coverage']}"
 
 
+def giants_and_dwarfs(seed: int, giant_sigma: list[float], dwarf_sigma: list[float], n: int = 1200):
+    """(fit, sd, delta, giant, names): held-out fits of giants (log g < 3.8) and dwarfs whose
+    ``fit - label`` scatters by ``giant_sigma`` / ``dwarf_sigma`` (Teff, log g, [Fe/H])."""
+    rng = np.random.default_rng(seed)
+    fit = np.c_[rng.uniform(4000, 6500, n), rng.uniform(1.0, 5.0, n), rng.uniform(-1, 0.3, n)]
+    giant = fit[:, 1] < 3.8
+    sd = np.full((n, 3), [20.0, 0.02, 0.01])
+    delta = rng.normal(size=(n, 3)) * np.where(giant[:, None], giant_sigma, dwarf_sigma)
+    return fit, sd, delta, giant, ["teff", "logg", "feh"]
+
+
 def test_systematics_record_classes_giants_and_dwarfs_apart():
     """``split``: the stars fitted below and above a label value get their own floors and bins; the
     fit looks the class up first; extra systematics and the markdown report reach the classes."""
     from gsn_dask.emulator import _drop_label_record
     from gsn_dask.validate.report import _systematics_lines
 
-    rng = np.random.default_rng(3)
-    n = 1200
-    fit = np.c_[rng.uniform(4000, 6500, n), rng.uniform(1.0, 5.0, n), rng.uniform(-1, 0.3, n)]
-    giant = fit[:, 1] < 3.8
-    sd = np.full((n, 3), [20.0, 0.02, 0.01])
-    delta = rng.normal(size=(n, 3)) * np.where(giant[:, None], [150.0, 0.4, 0.15], [80.0, 0.15, 0.08])
-    names = ["teff", "logg", "feh"]
+    fit, sd, delta, giant, names = giants_and_dwarfs(3, [150.0, 0.4, 0.15], [80.0, 0.15, 0.08])
     rec = systematics_record(fit, sd, delta, names, split=("logg", 3.8))
     assert "classes" not in systematics_record(fit, sd, delta, names)
     g, d = rec["classes"]["groups"]
@@ -125,13 +130,8 @@ def test_systematics_record_classes_giants_and_dwarfs_apart():
 def test_split_rule_widen_gives_a_class_at_least_the_floor_of_all_stars():
     """``split_rule="widen"``: each class's floor is the larger of its own and the unsplit one at
     the same median, label by label; kept through the record, extra systematics and JSON."""
+    fit, sd, delta, _, names = giants_and_dwarfs(4, [150.0, 0.4, 0.05], [80.0, 0.15, 0.15])
     rng = np.random.default_rng(4)
-    n = 1200
-    fit = np.c_[rng.uniform(4000, 6500, n), rng.uniform(1.0, 5.0, n), rng.uniform(-1, 0.3, n)]
-    giant = fit[:, 1] < 3.8
-    sd = np.full((n, 3), [20.0, 0.02, 0.01])
-    delta = rng.normal(size=(n, 3)) * np.where(giant[:, None], [150.0, 0.4, 0.05], [80.0, 0.15, 0.15])
-    names = ["teff", "logg", "feh"]
     own = systematics_from_record(systematics_record(fit, sd, delta, names, split=("logg", 3.8)), names)
     rec = systematics_record(fit, sd, delta, names, split=("logg", 3.8), split_rule="widen")
     assert rec["classes"]["rule"] == "widen"
