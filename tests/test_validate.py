@@ -14,6 +14,7 @@ from gsn_dask import cube as C
 from gsn_dask.flags import Flag
 from gsn_dask.io.sample import sample_labels
 from gsn_dask.validate import (
+    MAX_BOOT_OBJECTS,
     STELLAR_CLASSES,
     ValidationReport,
     assign_snr_bins,
@@ -199,6 +200,13 @@ def test_bootstrap_errors_match_the_binomial_and_count_objects_not_rows():
         assert grouped[k] == pytest.approx(one[k], rel=0.2)
         assert grouped[k] / rows[k] == pytest.approx(np.sqrt(2), rel=0.2)
     assert bootstrap_errors(*twice, np.r_[np.arange(n), np.arange(n)]) == grouped  # fixed seed: the same table
+    # many objects: a subset of MAX_BOOT_OBJECTS, its errors scaled to all of them
+    big = 3 * MAX_BOOT_OBJECTS
+    db = rng.normal(0.0, sigma, big)
+    many = bootstrap_errors(db, np.zeros(big), db - sigma, db + sigma, np.arange(big))
+    assert many["n_objects"] == big
+    assert many["frac_in_68_se"] == pytest.approx(np.sqrt(0.683 * 0.317 / big), rel=0.2)
+    assert many["mad_std_se"] == pytest.approx(1.17 * sigma / np.sqrt(big), rel=0.3)
     few = bootstrap_errors(diff[:8], ref[:8], p16[:8], p84[:8], np.arange(8) % 4)
     assert few["n_objects"] == 4 and np.isnan(few["frac_in_68_se"])
 
