@@ -34,22 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import label_stats, run_seeds
-from label_ensemble import with_reporting
+from _common import run_seeds
+from label_ensemble import stats, with_reporting
 
 OUT = Path(__file__).with_name("results") / "class_error.json"
 EDGES = (4000.0, 4800.0, 5500.0, 6500.0)
 GIANT_LOGG = 3.8
-
-
-def with_error(model, err: np.ndarray, meta: dict | None = None):  # noqa: ANN001, ANN201 - a GSN
-    """A copy of ``model`` with ``err`` (n_pix,) as its emulator error and a copy of ``meta`` (default its own)."""
-    from gsn_dask.emulator import GSN
-
-    return GSN(hidden_layers=model.hidden_layers, W_out=model.W_out, b_out=model.b_out, activation=model.activation,
-               label_names=model.label_names, label_units=model.label_units, bounds=model.bounds,
-               label_transforms=model.label_transforms, wavelength=model.wavelength, emulator_error=err,
-               normalisation=model.normalisation, meta=copy.deepcopy(model.meta if meta is None else meta))
 
 
 def trained(seed: int, threads: int, here: Path) -> tuple:
@@ -93,6 +83,7 @@ def two_stage_floors(model, folds: list, cv: dict, errs: list, edges: np.ndarray
     pooled fold model's MAP Teff, then the fold model with its class error), solved as the model's
     own recipe solves it (bins, target, split and split rule)."""
     from gsn_dask.calibration import out_of_fold_fits, systematics_record
+    from gsn_dask.emulator_torch import _with_error
     from gsn_dask.fit.config import FitConfig
 
     idx, fit1 = cv["fit_idx"], cv["fit"]
@@ -102,7 +93,7 @@ def two_stage_floors(model, folds: list, cv: dict, errs: list, edges: np.ndarray
     for c, err in enumerate(errs):
         sel = np.flatnonzero((cls == c) & np.isfinite(fit1[:, 0]))
         if sel.size:
-            fit2[sel], sd2[sel] = out_of_fold_fits([with_error(f, err) for f in folds], cv["flux"], cv["ivar"],
+            fit2[sel], sd2[sel] = out_of_fold_fits([_with_error(f, err) for f in folds], cv["flux"], cv["ivar"],
                                                    cv["model_index"], idx[sel], cfg)
     delta = fit2 - cv["labels"][idx]
     ok = np.all(np.isfinite(delta) & np.isfinite(sd2), axis=1)
@@ -114,15 +105,16 @@ def two_stage_floors(model, folds: list, cv: dict, errs: list, edges: np.ndarray
 
 
 def table(names: list[str], med: np.ndarray, lo: np.ndarray, hi: np.ndarray, truth: np.ndarray) -> dict:
+    """:func:`label_ensemble.stats` for all observations and for the giants (MILES log g < 3.8)."""
     giant = truth[:, names.index("logg")] < GIANT_LOGG
-    return {cls: {n: label_stats(med[m, k], truth[m, k], lo[m, k], hi[m, k]) for k, n in enumerate(names)}
-            for cls, m in (("all", np.ones(len(truth), bool)), ("giants", giant))}
+    return {cls: stats(names, med[m], lo[m], hi[m], truth[m]) for cls, m in (("all", np.ones(len(truth), bool)), ("giants", giant))}
 
 
 def one_seed(seed: int, threads: int, sampler: str, work: Path, edges: np.ndarray) -> dict:
     """The hold-out through the final model, with class errors, and shifted by the CV bias."""
     import gsn_dask as gd
     from gsn_dask import demo
+    from gsn_dask.emulator_torch import _with_error
 
     t0 = time.perf_counter()
     model, folds, cv = trained(seed, threads, work / f"seed{seed}")
@@ -146,7 +138,7 @@ def one_seed(seed: int, threads: int, sampler: str, work: Path, edges: np.ndarra
     for c, err in enumerate(errs):
         sel = np.flatnonzero(cls == c)
         if sel.size:
-            for a, v in zip(two, summary(gd.fit(obs.isel(star=sel), with_error(model, err, meta), sampler=sampler, seed=0))):
+            for a, v in zip(two, summary(gd.fit(obs.isel(star=sel), _with_error(model, err, meta), sampler=sampler, seed=0))):
                 a[sel] = v
     fit, lab = cv["fit"], cv["labels"][cv["fit_idx"]]
     ok = np.isfinite(fit).all(axis=1)

@@ -543,13 +543,13 @@ def _cross_validate(
     return oof, fold_info, fold_models
 
 
-def _with_error(model: GSN, emulator_error: np.ndarray) -> GSN:
-    """A copy of ``model`` carrying ``emulator_error`` (n_pix,)."""
+def _with_error(model: GSN, emulator_error: np.ndarray, meta: dict | None = None) -> GSN:
+    """A copy of ``model`` carrying ``emulator_error`` (n_pix,), and ``meta`` instead of its own if given."""
     return GSN(
         hidden_layers=model.hidden_layers, W_out=model.W_out, b_out=model.b_out, activation=model.activation,
         label_names=model.label_names, label_units=model.label_units, bounds=model.bounds,
         label_transforms=model.label_transforms, wavelength=model.wavelength, emulator_error=emulator_error,
-        normalisation=model.normalisation, meta=model.meta,
+        normalisation=model.normalisation, meta=model.meta if meta is None else meta,
     )
 
 
