@@ -147,6 +147,16 @@ def add_fit_run_args(ap, save: Path) -> None:  # noqa: ANN001 - argparse.Argumen
     ap.add_argument("--save", type=Path, default=save)
 
 
+def add_seed_run_args(ap, save: Path, sampler: str, work_help: str) -> None:  # noqa: ANN001 - argparse.ArgumentParser
+    """The options of a per-training-seed prototype (:func:`run_seeds`): --seeds, --threads, --sampler,
+    --work, --save."""
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default 0, the demo's)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per training (default 1)")
+    ap.add_argument("--sampler", default=sampler, help=f"fit sampler (default {sampler})")
+    ap.add_argument("--work", type=Path, required=True, help=work_help)
+    ap.add_argument("--save", type=Path, default=save, help=f"JSON to merge the seeds into (default {save.name})")
+
+
 def mad_std(x: np.ndarray) -> float:
     """1.4826 x the median absolute deviation from the median (NaNs ignored)."""
     return float(1.4826 * np.nanmedian(np.abs(x - np.nanmedian(x))))

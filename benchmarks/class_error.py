@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import run_seeds
+from _common import add_seed_run_args, run_seeds
 from label_ensemble import stats, with_reporting
 
 OUT = Path(__file__).with_name("results") / "class_error.json"
@@ -165,13 +165,8 @@ def print_rows(title: str, rows: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default 0, the demo's)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads per training (default 1)")
-    ap.add_argument("--sampler", default="emcee", help="fit sampler (default emcee, the demo's)")
-    ap.add_argument("--work", type=Path, required=True,
-                    help="folder for the networks and CV arrays (a seed found there is not trained again)")
+    add_seed_run_args(ap, OUT, "emcee", "folder for the networks and CV arrays (a seed found there is not trained again)")
     ap.add_argument("--edges", default=",".join(f"{e:g}" for e in EDGES), help="Teff class edges, K")
-    ap.add_argument("--save", type=Path, default=OUT, help=f"JSON to merge the seeds into (default {OUT.name})")
     args = ap.parse_args(argv)
     edges = np.array([float(x) for x in args.edges.split(",")])
     run_seeds(args.save, "class_error.py", args.seeds, args.sampler + "-{seed}",

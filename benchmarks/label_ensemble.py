@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import label_stats, run_seeds
+from _common import add_seed_run_args, label_stats, run_seeds
 from network_variance import final_inputs
 
 OUT = Path(__file__).resolve().parent / "results" / "label_ensemble.json"
@@ -180,14 +180,9 @@ def lamost_rows(here: Path, cube: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default 0, the demo's)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads per training (default 1)")
-    ap.add_argument("--sampler", default="map", help="fit sampler for every network (default map)")
-    ap.add_argument("--work", type=Path, required=True,
-                    help="folder for the member models (a seed whose networks are there is not trained again)")
+    add_seed_run_args(ap, OUT, "map", "folder for the member models (a seed whose networks are there is not trained again)")
     ap.add_argument("--finals", type=int, default=0, metavar="M",
                     help="also M final networks (the final model and M - 1 siblings trained as it was) and their mixture")
-    ap.add_argument("--save", type=Path, default=OUT, help=f"JSON to merge the seeds into (default {OUT.name})")
     ap.add_argument("--lamost-work", type=Path, default=None, metavar="DIR",
                     help="instead of the hold-out: combine the networks' LAMOST fits, DIR/seedN/{final,foldK}/ "
                          "from readme_path.py --model (needs --lamost-cube)")

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from gsn_dask.cli import build_parser
-from gsn_dask.cli.train import recipe_from_args
+from gsn_dask.cli.train import check_split, recipe_from_args
 from gsn_dask.emulator_recipe import DEFAULT_RECIPE, TrainRecipe
 
 
@@ -104,3 +104,14 @@ def test_json_round_trip():
 def test_bad_recipes_are_refused(change, match):
     with pytest.raises(ValueError, match=match):
         DEFAULT_RECIPE.replace(**change)
+
+
+def test_an_explicit_split_on_a_label_the_training_lacks_is_refused():
+    check_split(parse(), ["teff", "feh"])  # the default split: applied where the cube has log g, else one set
+    check_split(parse("--label-systematics-split", "logg=3.8"), ["teff", "logg", "feh"])
+    check_split(parse("--label-systematics-split", "none"), ["teff", "feh"])
+    check_split(parse("--label-systematics-split", "logg=3.8", "--no-label-systematics"), ["teff", "feh"])
+    with pytest.raises(ValueError, match="'logg' is not among the training labels"):
+        check_split(parse("--label-systematics-split", "logg=3.8"), ["teff", "feh"])
+    with pytest.raises(ValueError, match=r"\['teff', 'feh'\]"):  # --labels decides what is emulated
+        check_split(parse("--label-systematics-split", "logg=3.8", "--labels", "teff", "feh"), ["teff", "logg", "feh"])

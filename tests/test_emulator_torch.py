@@ -171,6 +171,11 @@ def test_cli_help_and_end_to_end(tmp_path, capsys):
     # refuses to overwrite, then does with --overwrite; wrong labels are an error
     assert main(["train", str(cube), "--out", str(out), "--epochs", "1"]) == 1
     assert main(["train", str(cube), "--out", str(out), "--labels", "teff", "vsini", "--epochs", "1"]) == 1
+    # an explicit split on a label that is not trained: refused before any training, with the reason
+    new = tmp_path / "model2"
+    assert main(["train", str(cube), "--out", str(new), "--labels", "teff", "feh", "--label-systematics-split",
+                 "logg=3.8", "--epochs", "1"]) == 1
+    assert "'logg' is not among the training labels" in capsys.readouterr().err and not new.exists()
 
 
 def test_merge_ensemble_predicts_the_mean(trained):

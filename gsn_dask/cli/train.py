@@ -78,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--label-systematics-by", default=R.label_systematics_by, metavar="LABEL",
                    help="measure the label systematics also in quantile bins of this fitted label (default "
                         "%(default)s; e.g. logg, so that giants and dwarfs get their own interval floors)")
-    p.add_argument("--label-systematics-split", type=_split, default=R.label_systematics_split, metavar="LABEL=VALUE",
+    p.add_argument("--label-systematics-split", type=_split, default=argparse.SUPPRESS, metavar="LABEL=VALUE",
                    help="measure the label systematics apart, each with its own bins, for the stars fitted below and "
                         "above VALUE of LABEL (default logg=3.8: giants and dwarfs, where the cube has log g; see "
                         "--label-systematics-split-rule); none: one set for all stars")
@@ -189,7 +189,7 @@ def recipe_from_args(args: argparse.Namespace) -> TrainRecipe:
         mask_telluric=args.mask_telluric,
         label_systematics=not args.no_label_systematics,
         label_systematics_by=args.label_systematics_by,
-        label_systematics_split=args.label_systematics_split,
+        label_systematics_split=getattr(args, "label_systematics_split", R.label_systematics_split),
         label_systematics_split_rule=args.label_systematics_split_rule,
         label_systematics_target=args.label_systematics_target,
         label_prior=args.label_prior,
@@ -198,12 +198,22 @@ def recipe_from_args(args: argparse.Namespace) -> TrainRecipe:
     )
 
 
+def check_split(args: argparse.Namespace, cube_labels: list[str]) -> None:
+    """Refuse a ``--label-systematics-split`` given on the command line whose label the training
+    does not emulate (without the option, the default split applies where the cube has log g)."""
+    split = getattr(args, "label_systematics_split", None)
+    labels = list(args.labels) if args.labels else list(cube_labels)
+    if split is not None and not args.no_label_systematics and split[0] not in labels:
+        raise ValueError(f"--label-systematics-split {split[0]}={split[1]:g}: {split[0]!r} is not among the training "
+                         f"labels {labels} (use --label-systematics-split none, or leave the option out)")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..extras import require
 
     require("torch", "gsn-dask train")
     from ..calibration import train_and_calibrate
-    from ..cube import open_spectra
+    from ..cube import label_names, open_spectra
     from ..emulator_data import diagnostics_figure
 
     out = Path(args.out)
@@ -211,6 +221,7 @@ def run(args: argparse.Namespace) -> int:
         raise FileExistsError(f"{out} already holds a model (use --overwrite)")
     recipe = recipe_from_args(args)
     ds = open_spectra(args.train_cube)
+    check_split(args, label_names(ds))
     model, rep = train_and_calibrate(ds, recipe, device=args.device, threads=args.threads,
                                      progress=not args.no_progress)
     model.meta["training"]["cube_path"] = str(Path(args.train_cube).resolve())
