@@ -211,6 +211,27 @@ def test_bootstrap_errors_match_the_binomial_and_count_objects_not_rows():
     assert few["n_objects"] == 4 and np.isnan(few["frac_in_68_se"])
 
 
+def test_bootstrap_errors_use_the_rows_of_the_statistic_they_belong_to():
+    rng = np.random.default_rng(4)
+    n, sigma = 400, 2.0
+    diff = rng.normal(0.0, sigma, n)
+    ref = np.zeros(n)
+    p16, p84 = diff - sigma, diff + sigma
+    base = bootstrap_errors(diff, ref, p16, p84, np.arange(n))
+    # no interval (p16 NaN) or a zero-width one (z not finite): out of the coverage sample, as in the
+    # calibration table's frac_in_68, but still in the bias and MAD sample, as in its mad_std
+    lo, hi, z = p16.copy(), p84.copy(), diff / sigma
+    lo[:100] = np.nan
+    lo[100:200] = hi[100:200] = diff[100:200]
+    z[100:200] = np.inf
+    cut = bootstrap_errors(diff, ref, lo, hi, np.arange(n), z=z)
+    assert cut["n_objects"] == n
+    assert (cut["bias_se"], cut["mad_std_se"]) == (base["bias_se"], base["mad_std_se"])  # the same draws
+    inside = np.mean(np.abs(diff[200:]) <= sigma)
+    assert cut["frac_in_68_se"] == pytest.approx(np.sqrt(inside * (1 - inside) / 200), rel=0.25)
+    assert cut["frac_in_68_se"] > 1.2 * base["frac_in_68_se"]  # 200 rows, not 400
+
+
 def test_calibration_table_carries_bootstrap_errors_by_object():
     res, spectra, _ = make_set(n=300, bias=[0, 0, 0], seed=5)
     rep = validate(res, spectra)

@@ -102,32 +102,35 @@ MAX_BOOT_OBJECTS = 20_000
 
 
 def bootstrap_errors(diff: np.ndarray, ref: np.ndarray, p16: np.ndarray, p84: np.ndarray, groups: np.ndarray,
-                     *, n_boot: int = N_BOOT, seed: int = 0) -> dict[str, float]:
+                     *, z: np.ndarray | None = None, n_boot: int = N_BOOT, seed: int = 0) -> dict[str, float]:
     """Standard errors of the median bias, the 1.4826 MAD and the fraction of reference values inside
     [p16, p84] (label units, fraction), by a bootstrap over objects: ``groups`` names each row's object,
     and every row of a drawn object comes along (two observations of one star are not two stars).
-    Rows with a non-finite diff, p16 or p84 are left out; NaN with fewer than ``MIN_BOOT_OBJECTS`` objects;
+    Bias and MAD use the rows with a finite diff, the fraction those that also have finite p16, p84
+    and (given) ``z``, as the calibration table does; NaN with fewer than ``MIN_BOOT_OBJECTS`` objects;
     above ``MAX_BOOT_OBJECTS``, a fixed random subset of that many, errors scaled by sqrt(subset / all)."""
-    ok = np.isfinite(diff) & np.isfinite(p16) & np.isfinite(p84)
+    ok = np.isfinite(diff)
     nan = {"n_objects": 0, "bias_se": np.nan, "mad_std_se": np.nan, "frac_in_68_se": np.nan}
     codes, inv = np.unique(np.asarray(groups)[ok].astype(str), return_inverse=True)
     n_obj = int(codes.size)
     if n_obj < MIN_BOOT_OBJECTS:
         return {**nan, "n_objects": n_obj}
-    d, inside = diff[ok], (ref[ok] >= p16[ok]) & (ref[ok] <= p84[ok])
+    cov = (np.isfinite(p16) & np.isfinite(p84) & (np.isfinite(z) if z is not None else True))[ok]
+    d, inside = diff[ok], ((ref >= p16) & (ref <= p84))[ok]
     rng = np.random.default_rng(seed)
     m = min(n_obj, MAX_BOOT_OBJECTS)
     if m < n_obj:  # the rows of m objects drawn once, renumbered 0..m-1
         keep = np.zeros(n_obj, bool)
         keep[rng.choice(n_obj, size=m, replace=False)] = True
         rows = keep[inv]
-        d, inside, inv = d[rows], inside[rows], np.cumsum(keep)[inv[rows]] - 1
+        d, inside, cov, inv = d[rows], inside[rows], cov[rows], np.cumsum(keep)[inv[rows]] - 1
     draws = np.empty((int(n_boot), 3))
     for b in range(int(n_boot)):
         w = np.bincount(rng.integers(0, m, m), minlength=m)[inv]
         db = np.repeat(d, w)
         med = np.median(db)
-        draws[b] = med, MAD_TO_STD * np.median(np.abs(db - med)), np.repeat(inside, w).mean()
+        wc = w[cov]
+        draws[b] = med, MAD_TO_STD * np.median(np.abs(db - med)), np.repeat(inside[cov], wc).mean() if wc.any() else np.nan
     se = draws.std(axis=0, ddof=1) * np.sqrt(m / n_obj)
     return {"n_objects": n_obj, "bias_se": float(se[0]), "mad_std_se": float(se[1]), "frac_in_68_se": float(se[2])}
 
@@ -193,7 +196,7 @@ def compute_stats(
                                                                  z[sel], z_tot[sel]),
                       "extra_sigma": _extra_sigma(diff[sel], p16[sel], p84[sel], z[sel]),
                       "mad_std": robust_std(diff[sel]),
-                      **bootstrap_errors(diff[sel], ref[sel], p16[sel], p84[sel], groups[sel])})
+                      **bootstrap_errors(diff[sel], ref[sel], p16[sel], p84[sel], groups[sel], z=z[sel])})
     cols = ["label", "unit", "snr_bin", "snr_lo", "snr_hi", "n", "bias", "mean", "std", "mad_std",
             "outlier_threshold", "outlier_frac", "frac_in_68", "z_robust_std"]
     stats = pd.DataFrame(rows, columns=cols)
