@@ -102,3 +102,22 @@ def test_label_ensemble_mixture_and_widening(monkeypatch):
     assert np.allclose(hi - med, [np.sqrt(1.0 + 1.0), 1.0]) and np.allclose(med - lo, hi - med)
     m, lo_w, hi_w = mod.widened(np.array([0.0]), np.array([-3.0]), np.array([1.0]), np.array([[2.0], [-2.0]]))
     assert m[0] == 0.0 and np.isclose(lo_w[0], -np.hypot(3.0, 2.0)) and np.isclose(hi_w[0], np.hypot(1.0, 2.0))
+
+
+def test_label_scale_line_and_map(tmp_path, monkeypatch):
+    """The cross-validation's Theil-Sen line is recovered from out-of-fold fits that follow it, and the
+    map (x - a) / b undoes it for the named labels only, medians and interval ends alike."""
+    np = pytest.importorskip("numpy")
+    pytest.importorskip("scipy")
+    mod = _module("label_scale", monkeypatch)
+    rng = np.random.default_rng(1)
+    labels = np.stack([rng.uniform(4000, 6000, 300), rng.uniform(1, 5, 300), rng.uniform(-2, 0.5, 300)], axis=1)
+    fit = labels.copy()
+    fit[:, 2] = -0.01 + 0.95 * labels[:, 2] + rng.normal(0, 0.01, 300)
+    np.savez(tmp_path / "cv.npz", fit=fit, labels=labels, fit_idx=np.arange(300))
+    lines = mod.cv_lines(tmp_path / "cv.npz")
+    assert lines["feh"] == pytest.approx((-0.01, 0.95), abs=0.01)
+    assert lines["teff"] == pytest.approx((0.0, 1.0), abs=1e-6)
+    med, lo, hi = mod.mapped(fit, fit - 0.1, fit + 0.1, lines, ["feh"])
+    assert np.allclose(med[:, 2], labels[:, 2], atol=0.04) and np.array_equal(med[:, :2], fit[:, :2])
+    assert np.allclose(hi[:, 2] - lo[:, 2], 0.2 / lines["feh"][1])  # the interval stretched with the scale
