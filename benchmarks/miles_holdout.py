@@ -30,6 +30,15 @@ from gsn_dask import demo
 OUT = Path(__file__).resolve().parent / "results" / "miles_holdout.json"
 
 
+def _pin_torch_threads(threads: int) -> None:
+    """Set torch's CPU threads for a training in this process (nothing to do without torch)."""
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(int(threads))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=None, help="model dir (default: the demo's, trained if not cached)")
@@ -38,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
                          "like the demo's): the training's share of the hold-out numbers")
     ap.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
                     help="training recipe setting (JSON value) on top of the demo's, e.g. ensemble=3")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads for a training (default 1: the numbers of the other benchmarks' "
+                         "trainings; a training's result depends on its thread count)")
     add_fit_run_args(ap, OUT)
     args = ap.parse_args(argv)
     settings = fit_settings(args.set)
@@ -45,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     hold = demo.holdout_mask(full)
     stars = [str(s) for s in np.asarray(full["star"].values)[hold]]
     recipe = demo.DemoSettings().recipe.replace(**fit_settings(args.train_set))
+    if args.model is None:
+        _pin_torch_threads(args.threads)
     model_dir = args.model or demo._model(full.isel(star=np.flatnonzero(~hold)),
                                           demo.DemoSettings(recipe=recipe, progress=False, seed=args.train_seed))
     model = gd.load_model(model_dir)
@@ -55,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     snr = np.asarray(obs["snr"].values, float)
     out: dict = {"model": str(model_dir), "model_id": model.model_id, "train_seed": None if args.model else args.train_seed,
                  "train_settings": None if args.model else fit_settings(args.train_set),
+                 "train_threads": None if args.model else args.threads,
                  "sampler": args.sampler, "settings": settings,
                  "n_obs": int(obs.sizes["star"]), "n_ok": int(sum(str(s) == "ok" for s in res["status"].values)),
                  "cpu_s_per_star": cpu / obs.sizes["star"], "wall_s": time.perf_counter() - t0, "sets": {}}
