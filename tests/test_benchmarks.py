@@ -121,3 +121,26 @@ def test_label_scale_line_and_map(tmp_path, monkeypatch):
     med, lo, hi = mod.mapped(fit, fit - 0.1, fit + 0.1, lines, ["feh"])
     assert np.allclose(med[:, 2], labels[:, 2], atol=0.04) and np.array_equal(med[:, :2], fit[:, :2])
     assert np.allclose(hi[:, 2] - lo[:, 2], 0.2 / lines["feh"][1])  # the interval stretched with the scale
+
+
+def test_prior_carry_regression_and_shift(tmp_path, monkeypatch):
+    """The [Fe/H] residual's regression on the Teff and log g residuals is recovered (outliers clipped),
+    and the prior's shift of Teff and log g moves [Fe/H] by it, interval ends alike."""
+    np = pytest.importorskip("numpy")
+    pytest.importorskip("scipy")
+    mod = _module("prior_carry", monkeypatch)
+    rng = np.random.default_rng(2)
+    n = 2000
+    labels = np.stack([rng.uniform(4000, 6000, n), rng.uniform(1, 5, n), rng.uniform(-2, 0.5, n)], axis=1)
+    dt, dg = rng.normal(0, 100, n), rng.normal(0, 0.2, n)
+    fit = labels + np.stack([dt, dg, 0.001 * dt + 0.3 * dg + rng.normal(0, 0.02, n)], axis=1)
+    fit[:20, 2] += 5.0  # gross outliers: clipped
+    np.savez(tmp_path / "cv.npz", fit=fit, labels=labels, fit_idx=np.arange(n))
+    b = mod.carry_coefficients(tmp_path / "cv.npz")
+    assert b == pytest.approx((0.001, 0.3), rel=0.05)
+    f = {"median": np.array([[5000.0, 2.5, -0.5]]), "median_none": np.array([[4900.0, 2.0, -0.5]])}
+    f["p16"], f["p84"] = f["median"] - 0.1, f["median"] + 0.1
+    med, lo, hi = mod.carried(f, b)
+    shift = b[0] * 100.0 + b[1] * 0.5
+    assert med[0, 2] == pytest.approx(-0.5 + shift) and hi[0, 2] - lo[0, 2] == pytest.approx(0.2)
+    assert np.array_equal(med[:, :2], f["median"][:, :2])
