@@ -118,15 +118,21 @@ def paired(per_seed: dict) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_inputs(ap: argparse.ArgumentParser, save: Path, variant_help: str) -> None:
+    """The post-processing prototypes' inputs: --seeds, --cv-work, --lamost-work, --variant, --lamost-cube, --save."""
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--cv-work", type=Path, required=True, help="class_error.py --work folder (seedN/cv.npz, seedN/final)")
-    ap.add_argument("--labels", nargs="+", default=["feh"], choices=NAMES, help="labels to map (default feh)")
-    ap.add_argument("--lamost-work", type=Path, default=None, help="systematics_target.py --work folder")
-    ap.add_argument("--variant", default="base", help="its variant whose README-path results to map (default base)")
+    ap.add_argument("--lamost-work", type=Path, default=None,
+                    help="systematics_target.py --work folder (or readme_path_seeds.py's, with --variant '')")
+    ap.add_argument("--variant", default="base", help=variant_help)
     ap.add_argument("--lamost-cube", type=Path, default=None, help="the ingested LAMOST cube with LASP labels")
-    ap.add_argument("--save", type=Path, default=OUT)
+    ap.add_argument("--save", type=Path, default=save)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_inputs(ap, OUT, "its variant whose README-path results to map (default base)")
+    ap.add_argument("--labels", nargs="+", default=["feh"], choices=NAMES, help="labels to map (default feh)")
     a = ap.parse_args(argv)
     per_seed = {seed: one_seed(seed, a) for seed in a.seeds}
     for seed, r in per_seed.items():

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from label_scale import NAMES, paired, stats
+from label_scale import NAMES, add_inputs, paired, stats
 
 OUT = Path(__file__).with_name("results") / "prior_carry.json"
 
@@ -92,12 +92,7 @@ def one_seed(seed: int, a: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--cv-work", type=Path, required=True, help="class_error.py --work folder (seedN/cv.npz, seedN/final)")
-    ap.add_argument("--lamost-work", type=Path, default=None, help="systematics_target.py --work folder")
-    ap.add_argument("--variant", default="base", help="its variant whose survey-error model to use (default base)")
-    ap.add_argument("--lamost-cube", type=Path, default=None, help="the ingested LAMOST cube with LASP labels")
-    ap.add_argument("--save", type=Path, default=OUT)
+    add_inputs(ap, OUT, "its variant whose survey-error model to use (default base)")
     a = ap.parse_args(argv)
     per_seed = {seed: one_seed(seed, a) for seed in a.seeds}
     for seed, r in per_seed.items():
