@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..emulator import ACTIVATIONS
-from ..emulator_recipe import DEFAULT_RECIPE as R, SYSTEMATICS_TARGETS, TrainRecipe
+from ..emulator_recipe import DEFAULT_RECIPE as R, SPLIT_RULES, SYSTEMATICS_TARGETS, TrainRecipe
 
 
 def _ranges_text(ranges: Any) -> str:
@@ -82,7 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="measure the label systematics apart, each with its own bins, for the stars fitted below and "
                         "above VALUE of LABEL (default logg=3.8: giants and dwarfs, where the cube has log g; see "
                         "--label-systematics-split-rule); none: one set for all stars")
-    p.add_argument("--label-systematics-split-rule", default=R.label_systematics_split_rule, choices=["own", "widen"],
+    p.add_argument("--label-systematics-split-rule", default=R.label_systematics_split_rule, choices=SPLIT_RULES,
                    help="with --label-systematics-split: own: a star gets its class's floors; widen: at least the "
                         "floors of all stars (the split widens the class that needs it, e.g. giants' log g, and "
                         "narrows nothing). Default %(default)s")
