@@ -376,7 +376,7 @@ def labels_sha256(labels: np.ndarray) -> str:
 
 
 def training_config_record(data: dict[str, Any], recipe: TrainRecipe, device: Any, threads: int | None) -> dict:
-    """``model.json`` ``training.config``: the recipe as resolved for this cube, plus device/threads."""
+    """``model.json`` ``training.config``: the recipe as resolved for this cube, plus the device and the torch CPU threads used."""
     names = data["labels"]
     return {
         "labels": names, "hidden": recipe.hidden_widths, "activation": recipe.activation,

@@ -644,7 +644,7 @@ def train_gsn(
                 final_gsn = fix_label(final_gsn, SOURCE_LABEL, 1.0)
     t_total = time.perf_counter() - t0
     metrics = cv_metrics(resid[val_mask], ivar[val_mask], emu_err)
-    cfg = training_config_record(data, recipe, dev, threads)
+    cfg = training_config_record(data, recipe, dev, threads or torch.get_num_threads())  # the count used
     kiel = recipe.kiel_prior_for(train_ds.attrs) and set(KIEL_LABELS) <= set(data["labels"])
     cfg["label_prior"] = "kiel" if kiel else "none"
     cfg["label_noise_share"] = share  # "auto" resolved for this cube

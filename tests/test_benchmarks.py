@@ -144,3 +144,36 @@ def test_prior_carry_regression_and_shift(tmp_path, monkeypatch):
     shift = b[0] * 100.0 + b[1] * 0.5
     assert med[0, 2] == pytest.approx(-0.5 + shift) and hi[0, 2] - lo[0, 2] == pytest.approx(0.2)
     assert np.array_equal(med[:, :2], f["median"][:, :2])
+
+
+def test_filing_recipe_scores_a_demo_folder_and_compares_seed_means(tmp_path, monkeypatch):
+    """``filing_recipe.py`` reads a demo folder's hold-out with xarray alone (median and [p16, p84]
+    against the observations' labels) and compares seed means label by label."""
+    import shutil
+
+    import numpy as np
+    import xarray as xr
+
+    fr = _module("filing_recipe", monkeypatch)
+    stars = np.array([f"s{i}" for i in range(8)], dtype=object)
+    ref = np.c_[np.linspace(4000, 6000, 8), np.linspace(1, 5, 8), np.linspace(-1, 0.3, 8)]
+    med = ref + np.array([[100.0, 0.2, 0.1]]) * np.array([1, -1, 1, -1, 2, -2, 0, 0])[:, None]
+    da = lambda a: xr.DataArray(a, dims=("star", "label"), coords={"star": stars, "label": np.array(fr.LABELS, dtype=object)})  # noqa: E731
+    out = tmp_path / "seed0"
+    xr.Dataset({"median": da(med), "p16": da(med - [150.0, 0.25, 0.15]), "p84": da(med + [150.0, 0.25, 0.15])}
+               ).to_zarr(out / "miles_holdout_results.zarr")
+    xr.Dataset({f"label_{lab}": ("star", ref[:, j]) for j, lab in enumerate(fr.LABELS)},
+               coords={"star": stars}).to_zarr(out / "miles_holdout_obs.zarr")
+    st = fr.holdout_stats(out)
+    assert st["teff"]["in68"] == 6 / 8 and st["logg"]["bias"] == 0.0
+    np.testing.assert_allclose(st["feh"]["mad_std"], 1.4826 * 0.1)
+    other = {lab: {**st[lab], "mad_std": st[lab]["mad_std"] / 2, "in68": 0.5} for lab in fr.LABELS}
+    c = fr.compare({0: st, 1: st}, {0: other, 1: other})
+    assert c["teff"]["mad_std"] == {"filing": st["teff"]["mad_std"], "today": st["teff"]["mad_std"] / 2,
+                                    "diff": -st["teff"]["mad_std"] / 2, "se": 0.0, "today_worse": False}
+    assert c["logg"]["in68"]["today_worse"] and c["feh"]["in68"]["diff"] == -0.25
+    obs = xr.open_zarr(out / "miles_holdout_obs.zarr").isel(star=slice(None, None, -1)).load()
+    shutil.rmtree(out / "miles_holdout_obs.zarr")
+    obs.to_zarr(out / "miles_holdout_obs.zarr")
+    with pytest.raises(ValueError, match="different stars"):
+        fr.holdout_stats(out)

@@ -237,6 +237,14 @@ def test_recipe_is_recorded_and_ranges_may_select_on_any_label(tmp_path):
         train_gsn(ds, label_ranges={"vsini": (0, 10)}, epochs=1, progress=False)
 
 
+def test_the_thread_count_used_is_recorded_also_when_torch_chose_it():
+    """``training.config.threads``: the count given, else torch's own (a network depends on it)."""
+    ds = analytic_cube(40, wavelength=WAVE, seed=8)
+    kw = dict(hidden=8, epochs=1, folds=1, progress=False, label_systematics=False)
+    assert train_gsn(ds, threads=None, **kw)[0].meta["training"]["config"]["threads"] == torch.get_num_threads() >= 1
+    assert train_gsn(ds, threads=1, **kw)[0].meta["training"]["config"]["threads"] == 1
+
+
 def test_cli_without_label_systematics_and_all_stars(tmp_path, capsys):
     from gsn_dask.cli import main
 

@@ -63,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's, about one per core). Two trainings sharing the same "
                         "cores slow each other down many times over: give each cores/jobs. The same seed, thread "
-                        "count and CPU kind give the same model bit for bit (a given count is recorded in model.json)")
+                        "count and CPU kind give the same model bit for bit (the count used is recorded in model.json)")
     p.add_argument("--wave-range", nargs=2, type=float, default=None, metavar=("MIN", "MAX"),
                    help="restrict the model grid to this vacuum range [A]")
     p.add_argument("--label-range", nargs=3, action="append", default=None, metavar=("NAME", "LO", "HI"),
