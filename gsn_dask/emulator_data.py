@@ -1,6 +1,7 @@
 """Training data and cross-validation statistics of the GSN, numpy only (no torch).
 
-The training cube as arrays (:func:`prepare_training_data`), the loss weights
+The training cube, opened (:func:`open_training_cube`) and as arrays (:func:`prepare_training_data`),
+the constructor arguments its networks share (:func:`network_template`), the loss weights
 (:func:`pixel_weights`), the stratified folds (:func:`stratified_folds`), the per-pixel
 emulator error from out-of-fold residuals (:func:`robust_emulator_error`), the CV summary
 numbers (:func:`cv_metrics`) and figure (:func:`diagnostics_figure`), and a synthetic training
@@ -22,7 +23,7 @@ import xarray as xr
 
 from .emulator import GSN, SCALE_RANGE, default_normalisation
 from .emulator_recipe import DEFAULT_RECIPE, TrainRecipe
-from .labels import canonical_order
+from .labels import LABEL_UNITS, canonical_order
 
 #: chi^2 with one degree of freedom: median (used by the robust emulator-error estimate).
 _CHI2_1_MEDIAN = 0.454936423119572
@@ -370,6 +371,34 @@ class CVFolds:
     fits: tuple[Any, np.ndarray, np.ndarray, np.ndarray] | None = None
 
 
+def open_training_cube(train_ds: xr.Dataset | str | Path) -> tuple[xr.Dataset, str | None]:
+    """The training cube (opened if a path) and its resolved path (None if unknown)."""
+    if isinstance(train_ds, (str, Path)):
+        from .cube import open_spectra
+
+        return open_spectra(train_ds), str(Path(train_ds).resolve())
+    src = train_ds.encoding.get("source")
+    return train_ds, (str(src) if src else None)
+
+
+def network_template(data: dict[str, Any], recipe: TrainRecipe) -> dict[str, Any]:
+    """The GSN constructor arguments shared by every network of one training (labels, units,
+    bounds = the training range, transforms, grid, normalisation recipe)."""
+    names, lab = data["labels"], data["label_values"]
+    bounds = np.stack([lab.min(axis=0), lab.max(axis=0)], axis=1)
+    for j, nm in enumerate(names):
+        if bounds[j, 1] <= bounds[j, 0]:
+            raise ValueError(f"label {nm} is constant over the training set ({bounds[j, 0]}): cannot train on it")
+    return {
+        "label_names": names,
+        "label_units": [LABEL_UNITS.get(nm, "") for nm in names],
+        "bounds": bounds,
+        "label_transforms": [recipe.label_transforms.get(nm, "identity") for nm in names],
+        "wavelength": data["wavelength"],
+        "normalisation": default_normalisation(data["attrs"]),
+    }
+
+
 def labels_sha256(labels: np.ndarray) -> str:
     """sha256 of a label table (little-endian float64): which labels a network trained on."""
     return hashlib.sha256(np.ascontiguousarray(labels, "<f8").tobytes()).hexdigest()
@@ -463,7 +492,9 @@ __all__ = [
     "distillation_record",
     "distillation_set",
     "loss_weights",
+    "network_template",
     "observed_rows",
+    "open_training_cube",
     "pixel_weights",
     "prepare_training_data",
     "robust_emulator_error",

@@ -223,6 +223,23 @@ class TrainRecipe:
         share = {n: s for n, s in AUTO_NOISE_SHARE.items() if n in labels}
         return share if share and observed and self.refits else None
 
+    def checked_noise_share(self, labels: Sequence[str], observed: bool, *, screen: bool,
+                            relabel: bool) -> float | dict[str, float] | None:
+        """:meth:`noise_share_for` a training of ``labels``, after refusing (``ValueError``) what it
+        cannot honour: ``label_outlier_z`` or a noise share without the hook that applies it
+        (``screen``, ``relabel``: given) or on labels it lacks, and a label-systematics bin, split
+        or target label it lacks. ``auto`` without ``relabel`` is None (the labels as given)."""
+        share = None if self.label_noise_share == "auto" and not relabel else self.noise_share_for(labels, observed)
+        for name, value, hook in (("label_outlier_z", self.label_outlier_z, screen), ("label_noise_share", share, relabel)):
+            if value is not None and (not hook or not set(value if isinstance(value, dict) else ()) <= set(labels)):
+                raise ValueError(f"{name} {value} needs gsn_dask.calibration.train_and_calibrate and labels among {labels}")
+        named = self.label_systematics_target if isinstance(self.label_systematics_target, dict) else {}
+        split = self.label_systematics_split if self.label_systematics_split != DEFAULT_SPLIT else None  # default: where it can
+        for name, label in (("by", self.label_systematics_by), ("split", (split or [None])[0]), *(("target", n) for n in named)):
+            if self.label_systematics and label is not None and label not in labels:
+                raise ValueError(f"label_systematics_{name} {label!r}: not among the labels {labels}")
+        return share
+
     def kiel_prior_for(self, cube_attrs: Mapping[str, Any]) -> bool:
         """Whether a model trained on a cube with ``cube_attrs`` gets the Kiel prior."""
         if self.label_prior == "auto":

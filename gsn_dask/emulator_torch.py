@@ -29,7 +29,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ import xarray as xr
 from torch import nn
 from torch.nn import functional as F
 
-from .emulator import GSN, default_normalisation, fix_label
+from .emulator import GSN, fix_label
 from .emulator_data import (  # the numpy half of training; the figure and the test cube complete the API here
     SOURCE_LABEL,
     CVFolds,
@@ -50,7 +50,9 @@ from .emulator_data import (  # the numpy half of training; the figure and the t
     distillation_set,
     labels_sha256,
     loss_weights,
+    network_template,
     observed_rows,
+    open_training_cube,
     pixel_weights,
     prepare_training_data,
     robust_emulator_error,
@@ -58,8 +60,7 @@ from .emulator_data import (  # the numpy half of training; the figure and the t
     training_config_record,
     training_meta,
 )
-from .emulator_recipe import DEFAULT_RECIPE, DEFAULT_SPLIT, TrainRecipe
-from .labels import LABEL_UNITS
+from .emulator_recipe import DEFAULT_RECIPE, TrainRecipe
 from .label_prior import LABELS as KIEL_LABELS, with_label_prior
 
 log = logging.getLogger(__name__)
@@ -443,34 +444,6 @@ def _note(progress: bool, msg: str) -> None:
         log.info(msg)
 
 
-def _open_cube(train_ds: xr.Dataset | str | Path) -> tuple[xr.Dataset, str | None]:
-    """The training cube (opened if a path) and its resolved path (None if unknown)."""
-    if isinstance(train_ds, (str, Path)):
-        from .cube import open_spectra
-
-        return open_spectra(train_ds), str(Path(train_ds).resolve())
-    src = train_ds.encoding.get("source")
-    return train_ds, (str(src) if src else None)
-
-
-def _template(data: dict[str, Any], recipe: TrainRecipe) -> dict[str, Any]:
-    """The GSN constructor arguments shared by every network of one training (labels, units,
-    bounds = the training range, transforms, grid, normalisation recipe)."""
-    names, lab = data["labels"], data["label_values"]
-    bounds = np.stack([lab.min(axis=0), lab.max(axis=0)], axis=1)
-    for j, nm in enumerate(names):
-        if bounds[j, 1] <= bounds[j, 0]:
-            raise ValueError(f"label {nm} is constant over the training set ({bounds[j, 0]}): cannot train on it")
-    return {
-        "label_names": names,
-        "label_units": [LABEL_UNITS.get(nm, "") for nm in names],
-        "bounds": bounds,
-        "label_transforms": [recipe.label_transforms.get(nm, "identity") for nm in names],
-        "wavelength": data["wavelength"],
-        "normalisation": default_normalisation(data["attrs"]),
-    }
-
-
 def _net_settings(recipe: TrainRecipe) -> dict[str, Any]:
     """The recipe's network and optimiser settings, as :func:`_fit_net` takes them."""
     return dict(hidden=recipe.hidden_widths, activation=recipe.activation, dropout=recipe.dropout,
@@ -553,6 +526,60 @@ def _with_error(model: GSN, emulator_error: np.ndarray, meta: dict | None = None
     )
 
 
+class _CV(NamedTuple):
+    """The cross-validation stage's results (:func:`_cv_stage`)."""
+
+    fold: np.ndarray  # (n_star,) fold of each star
+    k_list: list[int]  # the held-out folds, in the order of the fold models
+    info: list[dict[str, Any]]  # per fold: best epochs, validation loss
+    oof: np.ndarray  # (n_star, n_pix) out-of-fold predictions, NaN for stars never held out
+    val_mask: np.ndarray  # (n_star,) stars held out once
+    resid: np.ndarray  # (n_star, n_pix) oof - flux, NaN outside val_mask
+    emu_err: np.ndarray  # (n_pix,) emulator error of the observed stars' residuals
+    n_final: int  # the final network's epochs: the median best epoch
+    models: list[GSN]  # the fold models (the observed branch held, for a flagged cube)
+    folds: CVFolds  # the fold models with the emulator error, for calibration
+    seconds: float  # wall time from the start of the training
+
+
+def _cv_stage(arrays: tuple[np.ndarray, np.ndarray, np.ndarray], data: dict[str, Any], lab_in: np.ndarray,
+              observed: np.ndarray, flagged: bool, run: dict[str, Any], t0: float) -> _CV:
+    """K-fold CV (:func:`_cross_validate`) and what the training takes from it."""
+    recipe, lab, flux, ivar = run["recipe"], data["label_values"], data["flux"], data["ivar"]
+    fold, k_list = assign_folds(lab[:, 0], recipe.folds, recipe.val_fraction, recipe.seed)
+    oof, fold_info, fold_models = _cross_validate(arrays, lab_in, fold, k_list, t0=t0, **run)
+    val_mask = np.isfinite(oof[:, 0])
+    resid = np.where(val_mask[:, None], oof - flux, np.nan)
+    emu_err = robust_emulator_error(resid[val_mask & observed], ivar[val_mask & observed])
+    t_cv = time.perf_counter() - t0
+    n_final = int(max(1, np.median([e for f in fold_info for e in f["member_best_epochs"]])))
+    if flagged:  # the observed branch: the source input held at "observed", folded into the first layer
+        fold_models = [fix_label(m, SOURCE_LABEL, 1.0) for m in fold_models]
+    model_index = np.full(lab.shape[0], -1, np.int64)
+    for j, k in enumerate(k_list):
+        model_index[(fold == k) & observed] = j  # the calibration fits observed stars only
+    folds = CVFolds([_with_error(m, emu_err) for m in fold_models], model_index, flux, ivar, lab, recipe.seed)
+    return _CV(fold, k_list, fold_info, oof, val_mask, resid, emu_err, n_final, fold_models, folds, t_cv)
+
+
+def _final_network(arrays: tuple[np.ndarray, np.ndarray, np.ndarray], keep: np.ndarray, cv: _CV, n_label: int,
+                   flagged: bool, run: dict[str, Any], t0: float) -> tuple[GSN, dict[str, Any] | None]:
+    """(final network, distillation record or None): with ``refits``, ``recipe.ensemble`` networks
+    (``distil`` M: M, distilled into one) trained on the stars ``keep`` of ``arrays`` for the CV's
+    epoch count; else the first fold model."""
+    recipe, progress = run["recipe"], run["progress"]
+    if not recipe.refits:
+        return cv.models[0], None
+    final_run = {**run, "recipe": recipe.replace(ensemble=recipe.distil, distil=1)} if recipe.distil > 1 else run
+    final_gsn, _ = _train_members(arrays, keep, None, epochs=cv.n_final, patience=0, seed0=recipe.seed, desc="final",
+                                  **final_run)
+    distilled = None
+    if recipe.distil > 1:
+        final_gsn, distilled = _distil(final_gsn, arrays[0][keep], n_label, epochs=cv.n_final, **run)
+        _note(progress, f"distilled {recipe.distil} final networks into one ({time.perf_counter() - t0:.1f} s so far)")
+    return (fix_label(final_gsn, SOURCE_LABEL, 1.0) if flagged else final_gsn), distilled
+
+
 def train_gsn(
     train_ds: xr.Dataset | str | Path,
     recipe: TrainRecipe | None = None,
@@ -581,17 +608,17 @@ def train_gsn(
     """
     t0 = time.perf_counter()
     recipe = (recipe or DEFAULT_RECIPE).replace(**overrides)
-    train_ds, cube_path = _open_cube(train_ds)
+    train_ds, cube_path = open_training_cube(train_ds)
     data = prepare_training_data(
         train_ds, labels=recipe.labels, wavelength_range=recipe.wavelength_range,
         label_ranges=recipe.label_ranges, mask_telluric=recipe.mask_telluric,
     )
     lab, flux, ivar = data["label_values"], data["flux"], data["ivar"]
-    template = _template(data, recipe)
+    template = network_template(data, recipe)
     observed = observed_rows(data["synthetic"])
     flagged = recipe.source_input and not observed.all()  # a mixed cube
     lab_in = np.c_[lab, observed.astype(np.float64)] if flagged else lab  # the network's inputs
-    template_in = _template({**data, "labels": [*data["labels"], SOURCE_LABEL], "label_values": lab_in}, recipe) \
+    template_in = network_template({**data, "labels": [*data["labels"], SOURCE_LABEL], "label_values": lab_in}, recipe) \
         if flagged else template
     n_pix = flux.shape[1]
     scaler = GSN(
@@ -601,82 +628,51 @@ def train_gsn(
     arrays = (scaler.scale(lab_in), flux, loss_weights(ivar, observed, recipe.weight_floor, recipe.synthetic_weight))
     dev = resolve_device(device)
     run = {"template": template_in, "recipe": recipe, "device": dev, "progress": progress}
-    auto_share = recipe.label_noise_share == "auto" and relabel is None  # train_gsn alone: no out-of-fold fits
-    share = None if auto_share else recipe.noise_share_for(data["labels"], not np.all(data["synthetic"]))
-    for name, value, hook in (("label_outlier_z", recipe.label_outlier_z, screen), ("label_noise_share", share, relabel)):
-        if value is not None and (hook is None or not set(value if isinstance(value, dict) else ()) <= set(data["labels"])):
-            raise ValueError(f"{name} {value} needs gsn_dask.calibration.train_and_calibrate and labels among {data['labels']}")
-    named = recipe.label_systematics_target if isinstance(recipe.label_systematics_target, dict) else {}
-    split = recipe.label_systematics_split if recipe.label_systematics_split != DEFAULT_SPLIT else None  # default: where it can
-    for name, label in (("by", recipe.label_systematics_by), ("split", (split or [None])[0]), *(("target", n) for n in named)):
-        if recipe.label_systematics and label is not None and label not in data["labels"]:
-            raise ValueError(f"label_systematics_{name} {label!r}: not among the labels {data['labels']}")
+    share = recipe.checked_noise_share(data["labels"], not np.all(data["synthetic"]), screen=screen is not None,
+                                       relabel=relabel is not None)
     with _deterministic(recipe.seed, threads):
-        fold, k_list = assign_folds(lab[:, 0], recipe.folds, recipe.val_fraction, recipe.seed)
-        oof, fold_info, fold_models = _cross_validate(arrays, lab_in, fold, k_list, t0=t0, **run)
-        val_mask = np.isfinite(oof[:, 0])
-        resid = np.where(val_mask[:, None], oof - flux, np.nan)
-        emu_err = robust_emulator_error(resid[val_mask & observed], ivar[val_mask & observed])
-        t_cv = time.perf_counter() - t0
-        n_final = int(max(1, np.median([e for f in fold_info for e in f["member_best_epochs"]])))
-        if flagged:  # the observed branch: the source input held at "observed", folded into the first layer
-            fold_models = [fix_label(m, SOURCE_LABEL, 1.0) for m in fold_models]
-        model_index = np.full(lab.shape[0], -1, np.int64)
-        for j, k in enumerate(k_list):
-            model_index[(fold == k) & observed] = j  # the calibration fits observed stars only
-        cv_folds = CVFolds([_with_error(m, emu_err) for m in fold_models], model_index, flux, ivar, lab, recipe.seed)
+        cv = _cv_stage(arrays, data, lab_in, observed, flagged, run, t0)
         z_max = recipe.label_outlier_z
-        keep, screened = (np.ones(lab.shape[0], bool), None) if z_max is None else screen(cv_folds, z_max)
-        final_arrays, refined, distilled = arrays, None, None
+        keep, screened = (np.ones(lab.shape[0], bool), None) if z_max is None else screen(cv.folds, z_max)
+        final_arrays, refined = arrays, None
         if share is not None:  # errors in variables: the final network's labels
-            lab_final, refined = relabel(cv_folds, share)
+            lab_final, refined = relabel(cv.folds, share)
             refined["labels_sha256"] = labels_sha256(lab_final)
             final_arrays = (scaler.scale(np.c_[lab_final, observed] if flagged else lab_final), *arrays[1:])
-        final_gsn = fold_models[0]
-        if recipe.refits:  # with distil M: M final networks (as ensemble M), the teacher of one
-            final_run = {**run, "recipe": recipe.replace(ensemble=recipe.distil, distil=1)} if recipe.distil > 1 else run
-            final_gsn, _ = _train_members(final_arrays, keep, None, epochs=n_final, patience=0,
-                                          seed0=recipe.seed, desc="final", **final_run)
-            if recipe.distil > 1:
-                final_gsn, distilled = _distil(final_gsn, final_arrays[0][keep], lab.shape[1], epochs=n_final, **run)
-                _note(progress, f"distilled {recipe.distil} final networks into one ({time.perf_counter() - t0:.1f} s so far)")
-            if flagged:
-                final_gsn = fix_label(final_gsn, SOURCE_LABEL, 1.0)
+        final_gsn, distilled = _final_network(final_arrays, keep, cv, lab.shape[1], flagged, run, t0)
     t_total = time.perf_counter() - t0
-    metrics = cv_metrics(resid[val_mask], ivar[val_mask], emu_err)
+    metrics = cv_metrics(cv.resid[cv.val_mask], ivar[cv.val_mask], cv.emu_err)
     cfg = training_config_record(data, recipe, dev, threads or torch.get_num_threads())  # the count used
     kiel = recipe.kiel_prior_for(train_ds.attrs) and set(KIEL_LABELS) <= set(data["labels"])
     cfg["label_prior"] = "kiel" if kiel else "none"
     cfg["label_noise_share"] = share  # "auto" resolved for this cube
-    meta = training_meta(data, recipe, cfg, cube_path, metrics, fold_info, n_final, t_total)
+    meta = training_meta(data, recipe, cfg, cube_path, metrics, cv.info, cv.n_final, t_total)
     if final_gsn.meta.get("ensemble"):
         meta["ensemble"] = final_gsn.meta["ensemble"]
     if flagged:
         meta["fixed_labels"] = {SOURCE_LABEL: 1.0}
-    if screened is not None:
-        meta["training"]["label_screen"] = {**screened, "stars": [str(x) for x in np.asarray(data["star"])[~keep]]}
-    if refined is not None:
-        meta["training"]["errors_in_variables"] = refined
-    if distilled is not None:
-        meta["training"]["distillation"] = distilled
+    screen_record = None if screened is None else {**screened, "stars": [str(x) for x in np.asarray(data["star"])[~keep]]}
+    for key, record in (("label_screen", screen_record), ("errors_in_variables", refined), ("distillation", distilled)):
+        if record is not None:
+            meta["training"][key] = record
     model = GSN(
         hidden_layers=final_gsn.hidden_layers, W_out=final_gsn.W_out, b_out=final_gsn.b_out,
-        activation=final_gsn.activation, emulator_error=emu_err, meta=meta, **template,
+        activation=final_gsn.activation, emulator_error=cv.emu_err, meta=meta, **template,
     )
     if kiel:
         it, ig = (model.label_names.index(n) for n in KIEL_LABELS)  # each fold model: its own training stars
         model = with_label_prior(model, lab[observed, it], lab[observed, ig])
-        cv_folds.models = [with_label_prior(m, lab[(fold != k) & observed, it], lab[(fold != k) & observed, ig])
-                           for m, k in zip(cv_folds.models, k_list)]
+        cv.folds.models = [with_label_prior(m, lab[(cv.fold != k) & observed, it], lab[(cv.fold != k) & observed, ig])
+                           for m, k in zip(cv.folds.models, cv.k_list)]
     report = {
         "config": cfg, "recipe": recipe, "n_star": int(lab.shape[0]), "n_pix": int(n_pix), "train_time_s": t_total,
-        "cv_time_s": t_cv, "final_epochs": int(n_final), "folds": fold_info, **metrics,
-        "oof_pred": oof, "fold": fold, "flux": flux, "ivar": ivar, "label_values": lab,
-        "wavelength": data["wavelength"], "star": data["star"], "emulator_error": emu_err, "val_mask": val_mask,
-        "cv_folds": cv_folds,
+        "cv_time_s": cv.seconds, "final_epochs": int(cv.n_final), "folds": cv.info, **metrics,
+        "oof_pred": cv.oof, "fold": cv.fold, "flux": flux, "ivar": ivar, "label_values": lab,
+        "wavelength": data["wavelength"], "star": data["star"], "emulator_error": cv.emu_err, "val_mask": cv.val_mask,
+        "cv_folds": cv.folds,
     }
     _note(progress, f"trained GSN {model.model_id} on {lab.shape[0]} stars x {n_pix} px "
-                    f"({'%d-fold CV' % recipe.folds if recipe.folds >= 2 else 'holdout'}, final {n_final} epochs) "
+                    f"({'%d-fold CV' % recipe.folds if recipe.folds >= 2 else 'holdout'}, final {cv.n_final} epochs) "
                     f"in {t_total:.1f} s: CV median |resid| {metrics['cv_resid_per_pixel_median']:.4g}, "
                     f"emulator error median {metrics['emulator_error_median']:.4g}")
     return model, report

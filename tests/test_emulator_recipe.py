@@ -115,3 +115,24 @@ def test_an_explicit_split_on_a_label_the_training_lacks_is_refused():
         check_split(parse("--label-systematics-split", "logg=3.8"), ["teff", "feh"])
     with pytest.raises(ValueError, match=r"\['teff', 'feh'\]"):  # --labels decides what is emulated
         check_split(parse("--label-systematics-split", "logg=3.8", "--labels", "teff", "feh"), ["teff", "logg", "feh"])
+
+
+def test_checked_noise_share_refuses_what_a_training_cannot_honour():
+    """The share a training uses, or a ValueError before any network is trained."""
+    r, labels = DEFAULT_RECIPE, ["teff", "logg", "feh"]
+    assert r.checked_noise_share(labels, True, screen=False, relabel=True) == {"teff": 0.5, "feh": 0.5}
+    assert r.checked_noise_share(labels, True, screen=False, relabel=False) is None  # auto without its hook
+    assert r.checked_noise_share(labels, False, screen=False, relabel=True) is None  # a synthetic grid: labels exact
+    with pytest.raises(ValueError, match="label_outlier_z 4.0 needs"):
+        r.replace(label_outlier_z=4.0).checked_noise_share(labels, True, screen=False, relabel=True)
+    with pytest.raises(ValueError, match="label_noise_share"):
+        r.replace(label_noise_share={"vsini": 0.5}).checked_noise_share(labels, True, screen=True, relabel=True)
+    with pytest.raises(ValueError, match="label_systematics_by 'alpha'"):
+        r.replace(label_systematics_by="alpha").checked_noise_share(labels, True, screen=True, relabel=True)
+    # the default split applies where it can; the same split given otherwise needs log g
+    assert r.checked_noise_share(["teff", "feh"], True, screen=True, relabel=True) == {"teff": 0.5, "feh": 0.5}
+    with pytest.raises(ValueError, match="label_systematics_split 'logg'"):
+        r.replace(label_systematics_split=("logg", 3.5)).checked_noise_share(["teff", "feh"], True, screen=True,
+                                                                            relabel=True)
+    assert r.replace(label_systematics=False, label_systematics_by="alpha").checked_noise_share(
+        labels, True, screen=True, relabel=True) == {"teff": 0.5, "feh": 0.5}
