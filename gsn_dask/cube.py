@@ -24,7 +24,7 @@ SPECTRA_SCHEMA = "gsn-dask/spectra/1"
 RESULTS_SCHEMA = "gsn-dask/results/1"
 
 #: Known labels and their units. Other label names are allowed (unit "").
-from .labels import LABEL_UNITS  # noqa: E402,F401 - defined once, in gsn_dask.labels
+from .labels import LABEL_UNITS, canonical_order  # noqa: E402,F401 - LABEL_UNITS defined once, in gsn_dask.labels
 
 #: LAMOST LRS log-linear grid: log10(lambda/A) = 3.5682 + k * 1e-4 (vacuum).
 LAMOST_LOG10_ANCHOR = 3.5682
@@ -176,8 +176,10 @@ def make_spectra(
 
 
 def label_names(ds: xr.Dataset) -> list[str]:
-    """Label names present in a cube (``label_<name>`` variables), in dataset order."""
-    return [str(v)[6:] for v in ds.data_vars if str(v).startswith("label_")]
+    """Label names present in a cube (``label_<name>`` variables) in canonical order
+    (:func:`gsn_dask.labels.canonical_order`: teff, logg, feh, alpha_fe, then the others by name): a
+    zarr store lists its arrays in no fixed order, and callers hash, export and tabulate this list."""
+    return canonical_order(str(v)[6:] for v in ds.data_vars if str(v).startswith("label_"))
 
 
 def validate_spectra(ds: xr.Dataset) -> xr.Dataset:

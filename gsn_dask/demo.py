@@ -281,28 +281,8 @@ def _print_table(lines: list[str]) -> None:
     print("\n".join([header, sep, *lines]), flush=True)
 
 
-def run_demo(
-    out_dir: str | Path = "gsn-dask-demo",
-    *,
-    lamost: str | Path | None = None,
-    labels_csv: str | Path | None = None,
-    settings: DemoSettings | None = None,
-    train_cube: str | Path | None = None,
-) -> dict[str, Any]:
-    """Run the demo; returns a dict with the paths and the validation tables."""
-    from .fit.config import FitConfig
-    from .pipeline import run_fit
-    from .validate import validate, write_report
-
-    settings = settings or DemoSettings()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
-    summary: dict[str, Any] = {"out_dir": str(out)}
-
-    # 1-2. training cube and hold-out split
-    cube_path = Path(train_cube) if train_cube else miles_training_cube(progress=settings.progress,
-                                                                        n_workers=settings.n_workers)
+def _holdout_split(cube_path: Path, settings: DemoSettings) -> tuple[xr.Dataset, xr.Dataset, list[str]]:
+    """Steps 1-2: (the whole MILES cube, its training stars, the hold-out star ids)."""
     full = open_spectra(cube_path).load()
     hold = holdout_mask(full)
     hold_stars = [str(s) for s in np.asarray(full["star"].values)[hold]]
@@ -311,62 +291,52 @@ def run_demo(
     train = full.isel(star=np.flatnonzero(~hold))
     _say(f"hold-out: {len(hold_stars)} stars (MILES number % {HOLDOUT_EVERY} == 0, "
          f"{HOLDOUT_TEFF_K[0]:.0f}-{HOLDOUT_TEFF_K[1]:.0f} K); training on {train.sizes['star']}")
-    summary["holdout_stars"] = hold_stars
+    return full, train, hold_stars
 
-    # 3. GSN
-    model_dir = out / "model"
-    shutil.rmtree(model_dir, ignore_errors=True)
-    shutil.copytree(_model(train, settings), model_dir)
-    summary["model"] = str(model_dir)
 
-    # 4. LAMOST-like observations
+def _fit_holdout(full: xr.Dataset, hold_stars: list[str], model_dir: Path, out: Path, config: Any,
+                 settings: DemoSettings) -> Any:
+    """Steps 4-6: LAMOST-like observations of the hold-out stars, fitted on Dask and validated
+    against the literature labels (each star's observations one bootstrap object). Returns the report."""
+    from .pipeline import run_fit
+    from .validate import validate
+
     obs = make_observations(full, hold_stars, seed=settings.seed + 2024)
     obs_path = out / "miles_holdout_obs.zarr"
     shutil.rmtree(obs_path, ignore_errors=True)
     write_spectra(obs, obs_path, chunk_size=32)
     _say(f"observations: {obs.sizes['star']} spectra (S/N {', '.join(f'{s:g}' for s in DEMO_SNR)}) -> {obs_path}")
-
-    # 5. fit on Dask
-    config = FitConfig().replace(**settings.fit_overrides) if settings.fit_overrides else FitConfig()
-    res_path = out / "miles_holdout_results.zarr"
     _say("fitting with the Dask runner (LocalCluster)")
-    results = run_fit(obs_path, model_dir, res_path, config=config, seed=settings.seed, overwrite=True,
-                      n_workers=settings.n_workers, progress=settings.progress, chunk_size=32)
-
-    # 6. validate
+    results = run_fit(obs_path, model_dir, out / "miles_holdout_results.zarr", config=config, seed=settings.seed,
+                      overwrite=True, n_workers=settings.n_workers, progress=settings.progress, chunk_size=32)
     obs_ds = open_spectra(obs_path)
-    rep = validate(results, obs_ds, cube=obs_ds, snr_bins=(50.0,),
-                   groups=[source_star(x) for x in np.asarray(results["star"].values)])
-    files = write_report(rep, out / "report_miles")
-    summary["miles_stats"] = rep.stats
-    summary["miles_calibration"] = rep.calibration
-    lines = _summary_rows(rep.stats, rep.labels, "MILES hold-out")
-    notes = [_errors_line(rep.calibration, "MILES hold-out")]
+    return validate(results, obs_ds, cube=obs_ds, snr_bins=(50.0,),
+                    groups=[source_star(x) for x in np.asarray(results["star"].values)])
 
-    # 7. real LAMOST spectra
-    if lamost is not None:
-        from .io.ingest import ingest
 
-        lam_cube = out / "lamost.zarr"
-        shutil.rmtree(lam_cube, ignore_errors=True)
-        _say(f"ingesting LAMOST spectra from {lamost}")
-        ing = ingest([lamost], lam_cube, labels=labels_csv, recursive=True, progress=settings.progress, n_workers=0)
-        _say(f"  {ing.summary() if hasattr(ing, 'summary') else ing}")
-        lam_res = out / "lamost_results.zarr"
-        lres = run_fit(lam_cube, model_dir, lam_res, config=config, seed=settings.seed, overwrite=True,
-                       n_workers=settings.n_workers, progress=settings.progress)
-        lam_ds = open_spectra(lam_cube)
-        if any(np.isfinite(lam_ds[f"label_{n}"].values).any() for n in label_names(lam_ds)):
-            lrep = validate(lres, lam_ds, cube=lam_ds, snr_bins=(30.0,))
-            files += write_report(lrep, out / "report_lamost")
-            summary["lamost_stats"] = lrep.stats
-            summary["lamost_calibration"] = lrep.calibration
-            lines += _summary_rows(lrep.stats, lrep.labels, "LAMOST vs LASP")
-            notes.append(_errors_line(lrep.calibration, "LAMOST vs LASP"))
-        else:
-            _say("no reference labels for the LAMOST spectra (--labels CSV): fitted, not validated")
+def _fit_lamost(lamost: str | Path, labels_csv: str | Path | None, model_dir: Path, out: Path, config: Any,
+                settings: DemoSettings) -> Any | None:
+    """Step 7: ingest, fit and (with reference labels) validate real LAMOST spectra; the report or None."""
+    from .io.ingest import ingest
+    from .pipeline import run_fit
+    from .validate import validate
 
-    elapsed = time.perf_counter() - t_start
+    lam_cube = out / "lamost.zarr"
+    shutil.rmtree(lam_cube, ignore_errors=True)
+    _say(f"ingesting LAMOST spectra from {lamost}")
+    ing = ingest([lamost], lam_cube, labels=labels_csv, recursive=True, progress=settings.progress, n_workers=0)
+    _say(f"  {ing.summary() if hasattr(ing, 'summary') else ing}")
+    lres = run_fit(lam_cube, model_dir, out / "lamost_results.zarr", config=config, seed=settings.seed, overwrite=True,
+                   n_workers=settings.n_workers, progress=settings.progress)
+    lam_ds = open_spectra(lam_cube)
+    if not any(np.isfinite(lam_ds[f"label_{n}"].values).any() for n in label_names(lam_ds)):
+        _say("no reference labels for the LAMOST spectra (--labels CSV): fitted, not validated")
+        return None
+    return validate(lres, lam_ds, cube=lam_ds, snr_bins=(30.0,))
+
+
+def _write_summary(out: Path, lines: list[str], notes: list[str], elapsed: float) -> None:
+    """Print the summary table and write it to ``out/SUMMARY.md``."""
     print()
     _print_table(lines)
     print("\n".join(notes), flush=True)
@@ -379,6 +349,46 @@ def run_demo(
         "|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n\n"
         + "".join(f"- {n}\n" for n in notes)
     )
+
+
+def run_demo(
+    out_dir: str | Path = "gsn-dask-demo",
+    *,
+    lamost: str | Path | None = None,
+    labels_csv: str | Path | None = None,
+    settings: DemoSettings | None = None,
+    train_cube: str | Path | None = None,
+) -> dict[str, Any]:
+    """Run the demo (the module docstring's seven steps); returns a dict with the paths and the
+    validation tables."""
+    from .fit.config import FitConfig
+    from .validate import write_report
+
+    settings = settings or DemoSettings()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    cube_path = Path(train_cube) if train_cube else miles_training_cube(progress=settings.progress,
+                                                                        n_workers=settings.n_workers)
+    full, train, hold_stars = _holdout_split(cube_path, settings)
+    model_dir = out / "model"  # 3. the GSN
+    shutil.rmtree(model_dir, ignore_errors=True)
+    shutil.copytree(_model(train, settings), model_dir)
+    summary: dict[str, Any] = {"out_dir": str(out), "holdout_stars": hold_stars, "model": str(model_dir)}
+    config = FitConfig().replace(**settings.fit_overrides) if settings.fit_overrides else FitConfig()
+    rep = _fit_holdout(full, hold_stars, model_dir, out, config, settings)
+    files = write_report(rep, out / "report_miles")
+    summary.update(miles_stats=rep.stats, miles_calibration=rep.calibration)
+    lines = _summary_rows(rep.stats, rep.labels, "MILES hold-out")
+    notes = [_errors_line(rep.calibration, "MILES hold-out")]
+    lrep = None if lamost is None else _fit_lamost(lamost, labels_csv, model_dir, out, config, settings)
+    if lrep is not None:
+        files += write_report(lrep, out / "report_lamost")
+        summary.update(lamost_stats=lrep.stats, lamost_calibration=lrep.calibration)
+        lines += _summary_rows(lrep.stats, lrep.labels, "LAMOST vs LASP")
+        notes.append(_errors_line(lrep.calibration, "LAMOST vs LASP"))
+    elapsed = time.perf_counter() - t_start
+    _write_summary(out, lines, notes, elapsed)
     summary["elapsed_s"] = elapsed
     summary["files"] = [str(f) for f in files]
     return summary

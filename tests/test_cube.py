@@ -149,3 +149,12 @@ def test_empty_results_schema(tmp_path):
     res.to_zarr(tmp_path / "r.zarr", zarr_format=3, consolidated=False)
     got = cube.open_results(tmp_path / "r.zarr")
     assert got.sizes["star"] == 3 and got.attrs["seed"] == 1
+
+
+def test_label_names_are_in_canonical_order_whatever_the_variable_order():
+    """A zarr store lists its arrays in no fixed order; the label list must not follow it."""
+    n = 3
+    scrambled = {f"label_{k}": ("star", np.zeros(n)) for k in ("vsini", "feh", "alpha_fe", "logg", "teff", "age")}
+    ds = xr.Dataset({**scrambled, "flux": (("star", "wavelength"), np.ones((n, 2)))})
+    assert cube.label_names(ds) == ["teff", "logg", "feh", "alpha_fe", "age", "vsini"]
+    assert cube.label_names(ds[list(ds.data_vars)[::-1]]) == cube.label_names(ds)

@@ -17,3 +17,19 @@ def test_errors_line_names_each_label_and_the_object_count():
     line = _errors_line(cal, "MILES hold-out")
     assert line.startswith("MILES hold-out, all S/N, bootstrap standard errors over its 105 objects")
     assert "teff MAD ± 9.9, in 68% ± 0.05" in line and "logg MAD ± 0.021, in 68% ± 0.05" in line
+
+
+def test_the_model_cache_key_does_not_follow_the_cube_variable_order():
+    """The same training stars and recipe find the same cached model, however the store listed its arrays."""
+    import numpy as np
+    import xarray as xr
+
+    from gsn_dask.demo import _train_key
+
+    rng = np.random.default_rng(1)
+    ds = xr.Dataset({"label_teff": ("star", rng.uniform(4000, 6000, 4)), "label_logg": ("star", rng.uniform(1, 5, 4)),
+                     "label_feh": ("star", rng.uniform(-1, 0, 4)), "flux": (("star", "wavelength"), rng.random((4, 3)))},
+                    coords={"star": ["a", "b", "c", "d"], "wavelength": [4000.0, 4001.0, 4002.0]})
+    key = _train_key(ds, {"recipe": "r"})
+    assert _train_key(ds[["flux", "label_feh", "label_logg", "label_teff"]], {"recipe": "r"}) == key
+    assert _train_key(ds.assign(label_feh=ds["label_feh"] + 0.1), {"recipe": "r"}) != key
