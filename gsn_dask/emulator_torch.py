@@ -539,7 +539,7 @@ class _CV(NamedTuple):
     n_final: int  # the final network's epochs: the median best epoch
     models: list[GSN]  # the fold models (the observed branch held, for a flagged cube)
     folds: CVFolds  # the fold models with the emulator error, for calibration
-    seconds: float  # wall time from the start of the training
+    seconds: float  # wall seconds from the start of the training to the end of the CV
 
 
 def _cv_stage(arrays: tuple[np.ndarray, np.ndarray, np.ndarray], data: dict[str, Any], lab_in: np.ndarray,
