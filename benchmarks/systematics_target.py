@@ -42,13 +42,13 @@ OUT = HERE / "results" / "systematics_target.json"
 def parse_variant(text: str) -> tuple[str, dict]:
     """``NAME=target=T[,split=LABEL:VALUE][,by=LABEL][,widen=1]`` -> (name, calibrate keywords); ``T`` is
     ``median``, ``coverage`` or per label ``teff:coverage+logg:coverage`` (others median); ``widen=1``
-    (with a split): each class's floor at least the unsplit floor (:func:`at_least_unsplit`)."""
+    (with a split): each class's floor at least the unsplit floor (the package's ``split_rule="widen"``)."""
     name, _, spec = text.partition("=")
     kw: dict = {}
     for part in filter(None, spec.split(",")):
         key, _, value = part.partition("=")
         if key == "widen":
-            kw["widen"] = bool(int(value))
+            kw["split_rule"] = "widen" if int(value) else "own"
         elif key == "split":
             label, _, at = value.partition(":")
             kw["split"] = (label, float(at))
@@ -58,33 +58,9 @@ def parse_variant(text: str) -> tuple[str, dict]:
             kw[key] = value
         else:
             raise SystemExit(f"--variant {text!r}: unknown key {key!r} (target, split, by, widen)")
-    if kw.get("widen") and "split" not in kw:
+    if kw.get("split_rule") == "widen" and "split" not in kw:
         raise SystemExit(f"--variant {text!r}: widen=1 needs a split")
     return name, kw
-
-
-def at_least_unsplit(rec: dict) -> dict:
-    """A split systematics record whose classes may only widen: each class's floors raised, label by
-    label, to at least the unsplit floors (all stars) at the same fitted value of the bins' label, on
-    the union of both bin edges (both are piecewise constant, so the maximum is exact there)."""
-    from gsn_dask.fit.result import systematics_from_record
-
-    names = list(rec["sigma"])
-    unsplit = systematics_from_record({k: v for k, v in rec.items() if k != "classes"}, names)
-    groups = []
-    for g in rec["classes"]["groups"]:
-        own = systematics_from_record(g, names)
-        edges = [e for r in (g, rec) if "binned" in r for e in r["binned"]["edges"]]
-        new = {**g, "sigma": {n: max(g["sigma"][n], rec["sigma"][n]) for n in names}}
-        if edges:
-            by = (g.get("binned") or rec["binned"])["by"]
-            e = np.unique(edges)
-            mids = np.zeros((e.size - 1, len(names)))
-            mids[:, names.index(by)] = 0.5 * (e[1:] + e[:-1])
-            vals = np.array([np.maximum(own.at(m), unsplit.at(m)) for m in mids])
-            new["binned"] = {"by": by, "edges": e.tolist(), "sigma": {n: vals[:, j].tolist() for j, n in enumerate(names)}}
-        groups.append(new)
-    return {**rec, "classes": {**rec["classes"], "groups": groups, "widen_only": True}}
 
 
 def trained_variants(train, seed: int, variants: dict[str, dict], out: Path) -> dict[str, Path]:
@@ -95,13 +71,9 @@ def trained_variants(train, seed: int, variants: dict[str, dict], out: Path) -> 
     model, report = train_and_calibrate(train, DEFAULT_RECIPE.replace(seed=seed), threads=1, progress=False)
     recipe = model.meta["training"]["recipe"]
     for name, kw in variants.items():
-        kw = dict(kw)
-        widen = kw.pop("widen", False)
-        rec = calibrate(model, report["cv_folds"], **kw)  # the held-out fits are made once, then reused
-        if widen:
-            model.meta["label_systematics"] = at_least_unsplit(rec)
-        recipe.update({"label_systematics_target": kw.get("target", "median"),
-                       "label_systematics_split": kw.get("split"), "label_systematics_by": kw.get("by", "teff")})
+        calibrate(model, report["cv_folds"], **kw)  # the held-out fits are made once, then reused
+        recipe.update({"label_systematics_target": kw.get("target", "median"), "label_systematics_split": kw.get("split"),
+                       "label_systematics_by": kw.get("by", "teff"), "label_systematics_split_rule": kw.get("split_rule", "own")})
         model.meta["training"]["recipe_is_default"] = DEFAULT_RECIPE.from_json(recipe).replace(seed=0) == DEFAULT_RECIPE
         model.save(dirs[name])
     return dirs
@@ -139,12 +111,20 @@ def paired(per_seed: dict, names: list[str]) -> dict:
     return out
 
 
+def _as_now(variant: dict) -> dict:
+    """A saved variant in today's keywords: files written before ``widen=1`` became the package's
+    ``split_rule="widen"`` say ``"widen": true`` (the same floors at every (Teff, log g))."""
+    v = dict(variant)
+    return {**v, "split_rule": "widen"} if v.pop("widen", False) else v
+
+
 def earlier_seeds(files: list[Path], variants: dict[str, dict]) -> dict:
     """The per-seed records of ``files`` (saved by this script with the same ``variants``)."""
     out: dict = {}
     for f in files:
         rec = json.loads(f.read_text())
-        if rec["variants"] != json.loads(json.dumps(variants, default=list)):
+        saved = {k: _as_now(v) for k, v in rec["variants"].items()}
+        if saved != json.loads(json.dumps(variants, default=list)):
             raise SystemExit(f"{f}: variants {rec['variants']} differ from this run's {variants}")
         out.update({int(k): v for k, v in rec["per_seed"].items()})
     return out

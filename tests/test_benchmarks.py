@@ -54,28 +54,22 @@ def test_systematics_target_variants_and_seeds_of_another_process(monkeypatch, t
         st.earlier_seeds([saved], {"m": {"target": "median"}})
 
 
-def test_systematics_target_widen_variant_is_the_package_rule(monkeypatch):
-    """``widen=1`` bakes "each class at least the unsplit floor" into the class bins; the package's
-    ``split_rule="widen"`` looks the same maximum up at fit time: the two give the same floors."""
+def test_systematics_target_widen_variant_is_the_package_rule(monkeypatch, tmp_path):
+    """``widen=1`` is the package's ``split_rule="widen"`` (it once baked the same maximum into the
+    class bins: files of that time, saying ``"widen": true``, still join a run of today's variants)."""
     pytest.importorskip("torch")
-    import numpy as np
-
-    from gsn_dask.calibration import systematics_record
-    from gsn_dask.fit.result import systematics_from_record
-
     st = _module("systematics_target", monkeypatch)
-    assert st.parse_variant("w=target=median,split=logg:3.8,widen=1")[1]["widen"] is True
+    assert st.parse_variant("w=target=median,split=logg:3.8,widen=1")[1] == {
+        "target": "median", "split": ("logg", 3.8), "split_rule": "widen"}
+    assert st.parse_variant("o=target=median,split=logg:3.8,widen=0")[1]["split_rule"] == "own"
     with pytest.raises(SystemExit, match="needs a split"):
         st.parse_variant("w=target=median,widen=1")
-    rng = np.random.default_rng(5)
-    n, names = 1500, ["teff", "logg", "feh"]
-    fit = np.c_[rng.uniform(3500, 9000, n), rng.uniform(0.5, 5.0, n), rng.uniform(-1.5, 0.4, n)]
-    scale = np.where((fit[:, 1] < 3.8)[:, None], [150.0, 0.4, 0.1], [90.0, 0.2, 0.15]) * (1 + fit[:, :1] / 9000)
-    sd, delta = np.full((n, 3), [30.0, 0.05, 0.03]), rng.normal(size=(n, 3)) * scale
-    baked = systematics_from_record(st.at_least_unsplit(systematics_record(fit, sd, delta, names, split=("logg", 3.8))), names)
-    rule = systematics_from_record(systematics_record(fit, sd, delta, names, split=("logg", 3.8), split_rule="widen"), names)
-    for m in np.c_[rng.uniform(3000, 10000, 500), rng.uniform(0.0, 5.5, 500), np.zeros(500)]:
-        np.testing.assert_allclose(baked.at(m), rule.at(m), rtol=1e-12)
+    variants = dict([st.parse_variant("m=target=median"), st.parse_variant("w=target=median,split=logg:3.8,widen=1")])
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"variants": {"m": {"target": "median"},
+                                            "w": {"target": "median", "split": ["logg", 3.8], "widen": True}},
+                               "per_seed": {"1": {"m": {}, "w": {}}}}))
+    assert st.earlier_seeds([old], variants) == {1: {"m": {}, "w": {}}}
 
 
 def test_kiel_bandwidth_variants(monkeypatch):
