@@ -227,6 +227,66 @@ def laplace_cov(J: np.ndarray, span: np.ndarray) -> np.ndarray:
     return cov
 
 
+def _ranked_starts(post: SpectrumPosterior, n_coarse: int, n_starts: int) -> tuple[np.ndarray, float]:
+    """(up to ``n_starts`` distinct starts (labels, rv), the best coarse rv [km/s]): the coarse search's
+    best candidates re-ranked with the profiled continuum and any Gaussian priors (cached spectra)."""
+    labels_c, M, _ = coarse_set(post.model, n_coarse)
+    idx, rv, _ = coarse_search(post, n_coarse)
+    n_rank = min(idx.size, max(64, 4 * n_starts))
+    cand = np.column_stack([labels_c[idx[:n_rank]], rv[:n_rank]])
+    chi2_c, _ = post.chi2_of_spectra(M[idx[:n_rank]] + np.float32(1.0), rv[:n_rank])
+    lp = -0.5 * chi2_c + post.log_prior(cand)
+    cand = cand[np.argsort(-lp, kind="stable")]
+    idx_s, valid = distinct_starts(cand[None], post.lower, post.upper, n_starts)
+    return cand[idx_s[0][valid[0]]], float(rv[0])
+
+
+_Polished = tuple[np.ndarray, np.ndarray, bool, str, list[dict]]  # theta, its Jacobian, converged, message, per start
+
+
+def _polish_lm(post: SpectrumPosterior, starts: np.ndarray, max_iter: int) -> _Polished:
+    """Batched Levenberg-Marquardt from every start: (best theta, its Jacobian, converged, message,
+    one record per start)."""
+    x, cost, J, conv, n_it = levenberg_marquardt(post, starts, max_iter=max_iter)
+    cands = [{"start": starts[s].tolist(), "theta": x[s].tolist(), "cost": float(cost[s]), "converged": bool(conv[s])}
+             for s in range(x.shape[0])]
+    b = int(np.argmin(cost))
+    return x[b], J[b], bool(conv[b]), f"Levenberg-Marquardt, {n_it} iterations", cands
+
+
+def _polish_scipy(post: SpectrumPosterior, starts: np.ndarray) -> _Polished:
+    """``scipy.optimize.least_squares`` (trust-region reflective) from each start in turn; returns as
+    :func:`_polish_lm`."""
+    lower, upper = post.lower, post.upper
+    span = upper - lower
+    h = LM.h_frac * span
+    cache: dict[bytes, np.ndarray] = {}
+
+    def fun(xx: np.ndarray) -> np.ndarray:
+        key = xx.tobytes()
+        if key not in cache:
+            cache.clear()
+            cache[key] = post.residuals(xx[None, :])[0]
+        return cache[key]
+
+    def jac(xx: np.ndarray) -> np.ndarray:
+        return _eval_jac(post, xx[None, :], h)[1][0]
+
+    best, cands = None, []
+    for x0 in starts:
+        res = least_squares(
+            fun, _interior(x0, lower, upper), jac=jac, bounds=(lower, upper), method="trf",
+            x_scale=span, ftol=1e-8, xtol=1e-8, gtol=1e-10, max_nfev=100,
+        )
+        cands.append({"start": x0.tolist(), "theta": res.x.tolist(), "cost": float(res.cost),
+                      "converged": bool(res.success)})
+        if best is None or res.cost < best.cost:
+            best = res
+    assert best is not None
+    theta = np.asarray(best.x, dtype=np.float64)
+    return theta, jac(theta), bool(best.success), str(best.message), cands
+
+
 def find_map(
     post: SpectrumPosterior,
     *,
@@ -239,61 +299,13 @@ def find_map(
 
     ``method``: "lm" (batched Levenberg-Marquardt, default) or "scipy"
     (``scipy.optimize.least_squares``, trust-region reflective, one start at a time)."""
-    n_eval0 = post.n_eval
-    lower, upper = post.lower, post.upper
-    span = upper - lower
-    labels_c, M, _ = coarse_set(post.model, n_coarse)
-    idx, rv, _ = coarse_search(post, n_coarse)
-    # re-rank the best with the profiled continuum (and any Gaussian priors), cached spectra
-    n_rank = min(idx.size, max(64, 4 * n_starts))
-    cand = np.column_stack([labels_c[idx[:n_rank]], rv[:n_rank]])
-    chi2_c, _ = post.chi2_of_spectra(M[idx[:n_rank]] + np.float32(1.0), rv[:n_rank])
-    lp = -0.5 * chi2_c + post.log_prior(cand)
-    order = np.argsort(-lp, kind="stable")
-    cand = cand[order]
-    idx_s, valid = distinct_starts(cand[None], lower, upper, n_starts)
-    starts = cand[idx_s[0][valid[0]]]
-
-    cands: list[dict] = []
-    if method == "lm":
-        x, cost, J, conv, n_it = levenberg_marquardt(post, starts, max_iter=max_iter)
-        for s in range(x.shape[0]):
-            cands.append({"start": starts[s].tolist(), "theta": x[s].tolist(), "cost": float(cost[s]),
-                          "converged": bool(conv[s])})
-        b = int(np.argmin(cost))
-        theta, J_best, success = x[b], J[b], bool(conv[b])
-        message = f"Levenberg-Marquardt, {n_it} iterations"
-    elif method == "scipy":
-        h = LM.h_frac * span
-        cache: dict[bytes, np.ndarray] = {}
-
-        def fun(xx: np.ndarray) -> np.ndarray:
-            key = xx.tobytes()
-            if key not in cache:
-                cache.clear()
-                cache[key] = post.residuals(xx[None, :])[0]
-            return cache[key]
-
-        def jac(xx: np.ndarray) -> np.ndarray:
-            return _eval_jac(post, xx[None, :], h)[1][0]
-
-        best = None
-        for x0 in starts:
-            res = least_squares(
-                fun, _interior(x0, lower, upper), jac=jac, bounds=(lower, upper), method="trf",
-                x_scale=span, ftol=1e-8, xtol=1e-8, gtol=1e-10, max_nfev=100,
-            )
-            cands.append({"start": x0.tolist(), "theta": res.x.tolist(), "cost": float(res.cost),
-                          "converged": bool(res.success)})
-            if best is None or res.cost < best.cost:
-                best = res
-        assert best is not None
-        theta = np.asarray(best.x, dtype=np.float64)
-        J_best = jac(theta)
-        success, message = bool(best.success), str(best.message)
-    else:
+    if method not in ("lm", "scipy"):
         raise ValueError(f"unknown MAP method {method!r} (use 'lm' or 'scipy')")
-    cov = laplace_cov(J_best, span)
+    n_eval0 = post.n_eval
+    starts, rv_coarse = _ranked_starts(post, n_coarse, n_starts)
+    theta, J_best, success, message, cands = (_polish_lm(post, starts, max_iter) if method == "lm"
+                                              else _polish_scipy(post, starts))
+    cov = laplace_cov(J_best, post.upper - post.lower)
     chi2 = float(post.chi2(theta[None, :])[0])
     lp_map = -0.5 * chi2 + float(post.log_prior(theta[None, :])[0])
     return MapResult(
@@ -302,7 +314,7 @@ def find_map(
         chi2=chi2,
         cov=cov,
         starts=starts,
-        rv_coarse=float(rv[0]),
+        rv_coarse=rv_coarse,
         n_eval=post.n_eval - n_eval0,
         success=success,
         message=message,

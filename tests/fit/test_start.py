@@ -36,3 +36,11 @@ def test_map_close_to_truth_and_methods_agree(model, snr):
         assert np.all(np.abs(a.theta - b.theta) < 0.2 * sd)
         # the Laplace sd is the right order of magnitude compared to a finite-difference curvature
         assert np.all(sd > 0)
+
+
+def test_an_unknown_map_method_is_refused_before_any_model_evaluation(model, truth):
+    flux, ivar = draw(model, truth, snr=30, rv=0.0, seed=3)
+    post = SpectrumPosterior(model, flux, ivar, FitConfig())
+    with pytest.raises(ValueError, match="unknown MAP method 'bfgs'"):
+        find_map(post, method="bfgs")
+    assert post.n_eval == 0
