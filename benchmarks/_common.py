@@ -157,6 +157,20 @@ def add_seed_run_args(ap, save: Path, sampler: str, work_help: str) -> None:  # 
     ap.add_argument("--save", type=Path, default=save, help=f"JSON to merge the seeds into (default {save.name})")
 
 
+def demo_holdout_observations(full=None, names=("teff", "logg", "feh")):  # noqa: ANN001 - a Dataset
+    """The demo's MILES hold-out observed LAMOST-like (S/N 30 and 100, observation seed 2024: as the demo
+    with seed 0 and ``miles_holdout.py`` make them) and their literature labels (n_obs, len(names)).
+    ``full``: the MILES training cube, if already loaded. Returns (observations, labels)."""
+    import gsn_dask as gd
+    from gsn_dask import demo
+
+    if full is None:
+        full = gd.open_spectra(demo.miles_training_cube(progress=False)).load()
+    hold = demo.holdout_mask(full)
+    obs = demo.make_observations(full, [str(s) for s in np.asarray(full["star"].values)[hold]], seed=2024)
+    return obs, np.stack([np.asarray(obs[f"label_{n}"].values, float) for n in names], axis=1)
+
+
 def mad_std(x: np.ndarray) -> float:
     """1.4826 x the median absolute deviation from the median (NaNs ignored)."""
     return float(1.4826 * np.nanmedian(np.abs(x - np.nanmedian(x))))

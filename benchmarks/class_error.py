@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import add_seed_run_args, run_seeds
+from _common import add_seed_run_args, demo_holdout_observations, run_seeds
 from label_ensemble import stats, with_reporting
 
 OUT = Path(__file__).with_name("results") / "class_error.json"
@@ -113,7 +113,6 @@ def table(names: list[str], med: np.ndarray, lo: np.ndarray, hi: np.ndarray, tru
 def one_seed(seed: int, threads: int, sampler: str, work: Path, edges: np.ndarray) -> dict:
     """The hold-out through the final model, with class errors, and shifted by the CV bias."""
     import gsn_dask as gd
-    from gsn_dask import demo
     from gsn_dask.emulator_torch import _with_error
 
     t0 = time.perf_counter()
@@ -123,10 +122,7 @@ def one_seed(seed: int, threads: int, sampler: str, work: Path, edges: np.ndarra
     rec = two_stage_floors(model, folds, cv, errs, edges)
     meta = copy.deepcopy(model.meta)
     meta["label_systematics"] = {**rec, "method": "two-stage class-error cross-validation (class_error.py)"}
-    full = gd.open_spectra(demo.miles_training_cube(progress=False)).load()
-    hold = demo.holdout_mask(full)
-    obs = demo.make_observations(full, [str(s) for s in np.asarray(full["star"].values)[hold]], seed=2024)
-    truth = np.stack([np.asarray(obs[f"label_{n}"].values, float) for n in names], axis=1)
+    obs, truth = demo_holdout_observations(names=names)
 
     def summary(r) -> list[np.ndarray]:  # noqa: ANN001 - a results Dataset
         return [np.asarray(r[v].values, float) for v in ("median", "p16", "p84")]

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import add_seed_run_args, label_stats, run_seeds
+from _common import add_seed_run_args, demo_holdout_observations, label_stats, run_seeds
 from network_variance import final_inputs
 
 OUT = Path(__file__).resolve().parent / "results" / "label_ensemble.json"
@@ -132,10 +132,8 @@ def one_seed(seed: int, threads: int, sampler: str, work: Path, finals: int = 0)
                     for e, g in enumerate(more_finals(model, rep["cv_folds"], seed, threads, finals))]
         model.save(here / "final")
         model = gd.load_model(here / "final")
-    stars = [str(s) for s in np.asarray(full["star"].values)[hold]]
-    obs = demo.make_observations(full, stars, seed=2024)
     names = list(model.label_names)
-    truth = np.stack([np.asarray(obs[f"label_{n}"].values, float) for n in names], axis=1)
+    obs, truth = demo_holdout_observations(full, names)
 
     def fitted(m) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:  # noqa: ANN001 - a GSN
         c0 = time.process_time()

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import theilslopes
 
-from _common import label_stats
+from _common import demo_holdout_observations, label_stats
 
 OUT = Path(__file__).with_name("results") / "label_scale.json"
 NAMES = ("teff", "logg", "feh")
@@ -52,13 +52,9 @@ def holdout_fits(work: Path) -> tuple[np.ndarray, ...]:
     cache = work / "holdout_fit.npz"
     if not cache.exists():
         import gsn_dask as gd
-        from gsn_dask import demo
 
-        full = gd.open_spectra(demo.miles_training_cube(progress=False)).load()
-        hold = demo.holdout_mask(full)
-        obs = demo.make_observations(full, [str(s) for s in np.asarray(full["star"].values)[hold]], seed=2024)
+        obs, truth = demo_holdout_observations(names=NAMES)
         res = gd.fit(obs, gd.load_model(work / "final"), sampler="emcee", seed=0)
-        truth = np.stack([np.asarray(obs[f"label_{n}"].values, float) for n in NAMES], axis=1)
         np.savez(cache, **{v: np.asarray(res[v].values, float) for v in ("median", "p16", "p84")}, truth=truth)
     f = np.load(cache)
     return f["median"], f["p16"], f["p84"], f["truth"]
@@ -69,12 +65,16 @@ def lamost_fits(results: Path, cube: Path) -> dict[str, tuple[np.ndarray, ...]]:
     import gsn_dask as gd
 
     res = gd.open_results(results).load()
-    sub = gd.open_spectra(cube)
-    lasp = np.stack([np.asarray(sub[f"label_{n}"].values, float) for n in NAMES], axis=1)
-    ok = np.isfinite(lasp[:, 0])
-    snr = np.asarray(sub["snr"].values, float)
+    lasp, sets = lamost_sets(gd.open_spectra(cube))
     arr = [np.asarray(res[v].values, float)[:, :3] for v in ("median", "p16", "p84")]
-    return {name: (*(a[sel] for a in arr), lasp[sel]) for name, sel in (("snrg>30", ok & (snr > 30)), ("all", ok))}
+    return {name: (*(a[sel] for a in arr), lasp[sel]) for name, sel in sets.items()}
+
+
+def lamost_sets(cube) -> tuple[np.ndarray, dict[str, np.ndarray]]:  # noqa: ANN001 - a spectra Dataset
+    """(LASP labels (n, 3), {"snrg>30": mask, "all": mask}) of the stars with LASP labels, as readme_path.py selects."""
+    lasp = np.stack([np.asarray(cube[f"label_{n}"].values, float) for n in NAMES], axis=1)
+    ok = np.isfinite(lasp[:, 0])
+    return lasp, {"snrg>30": ok & (np.asarray(cube["snr"].values, float) > 30), "all": ok}
 
 
 def mapped(med: np.ndarray, lo: np.ndarray, hi: np.ndarray, lines: dict, labels: list[str]) -> tuple[np.ndarray, ...]:

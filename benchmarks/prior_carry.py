@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from label_scale import NAMES, add_inputs, paired, stats
+from _common import demo_holdout_observations
+from label_scale import NAMES, add_inputs, lamost_sets, paired, stats
 
 OUT = Path(__file__).with_name("results") / "prior_carry.json"
 
@@ -68,23 +69,18 @@ def carried(f: dict[str, np.ndarray], b: tuple[float, float]) -> tuple[np.ndarra
 
 def one_seed(seed: int, a: argparse.Namespace) -> dict:
     import gsn_dask as gd
-    from gsn_dask import demo
 
     w = a.cv_work / f"seed{seed}"
     b = carry_coefficients(w / "cv.npz")
-    full = gd.open_spectra(demo.miles_training_cube(progress=False)).load()
-    hold = demo.holdout_mask(full)
-    obs = demo.make_observations(full, [str(s) for s in np.asarray(full["star"].values)[hold]], seed=2024)
-    truth = np.stack([np.asarray(obs[f"label_{n}"].values, float) for n in NAMES], axis=1)
+    obs, truth = demo_holdout_observations(names=NAMES)
     sets = {"hold-out": (fits_with_and_without(obs, gd.load_model(w / "final"), w / "prior_carry_holdout.npz"), truth)}
     if a.lamost_work is not None:
         lw = a.lamost_work / f"seed{seed}" / a.variant / "path"
         cube = gd.open_spectra(a.lamost_cube).load()
         f = fits_with_and_without(cube, gd.load_model(lw / "lamost_model"), lw / "prior_carry_lamost.npz")
-        lasp = np.stack([np.asarray(cube[f"label_{n}"].values, float) for n in NAMES], axis=1)
-        ok, snr = np.isfinite(lasp[:, 0]), np.asarray(cube["snr"].values, float)
-        for name, sel in (("LAMOST snrg>30", ok & (snr > 30)), ("LAMOST all", ok)):
-            sets[name] = ({k: v[sel] for k, v in f.items()}, lasp[sel])
+        lasp, selections = lamost_sets(cube)
+        for name, sel in selections.items():
+            sets[f"LAMOST {name}"] = ({k: v[sel] for k, v in f.items()}, lasp[sel])
     rows = {s: {"raw": stats(f["median"], f["p16"], f["p84"], t), "mapped": stats(*carried(f, b), t)}
             for s, (f, t) in sets.items()}
     return {"seed": seed, "b_teff_dex_per_K": b[0], "b_logg": b[1], "rows": rows}
