@@ -30,15 +30,6 @@ from gsn_dask import demo
 OUT = Path(__file__).resolve().parent / "results" / "miles_holdout.json"
 
 
-def _pin_torch_threads(threads: int) -> None:
-    """Set torch's CPU threads for a training in this process (nothing to do without torch)."""
-    try:
-        import torch
-    except ImportError:
-        return
-    torch.set_num_threads(int(threads))
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=None, help="model dir (default: the demo's, trained if not cached)")
@@ -57,10 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     hold = demo.holdout_mask(full)
     stars = [str(s) for s in np.asarray(full["star"].values)[hold]]
     recipe = demo.DemoSettings().recipe.replace(**fit_settings(args.train_set))
-    if args.model is None:
-        _pin_torch_threads(args.threads)
     model_dir = args.model or demo._model(full.isel(star=np.flatnonzero(~hold)),
-                                          demo.DemoSettings(recipe=recipe, progress=False, seed=args.train_seed))
+                                          demo.DemoSettings(recipe=recipe, progress=False, seed=args.train_seed,
+                                                            threads=args.threads))
     model = gd.load_model(model_dir)
     obs = demo.make_observations(full, stars, seed=args.seed + 2024)
     t0, c0 = time.perf_counter(), time.process_time()

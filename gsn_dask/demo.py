@@ -202,6 +202,7 @@ class DemoSettings:
     #: the training recipe: ``gsn-dask train``'s defaults (its ``seed`` is replaced by :attr:`seed`)
     recipe: TrainRecipe = DEFAULT_RECIPE
     seed: int = 0  # seed of the training, the simulated observations and the fit
+    threads: int | None = None  # torch CPU threads of the training (None: torch's; a network depends on it)
     n_workers: int | None = None
     progress: bool = True
     max_holdout: int | None = None  # fit only the first N hold-out stars (a quicker run)
@@ -235,7 +236,7 @@ def _model(train: xr.Dataset, settings: DemoSettings) -> Path:
     _say(f"GSN: training on {train.sizes['star']} MILES stars ({recipe.folds}-fold CV for the emulator error), "
          "then the label systematics")
     t0 = time.perf_counter()
-    model, report = train_and_calibrate(train, recipe, progress=settings.progress)
+    model, report = train_and_calibrate(train, recipe, threads=settings.threads, progress=settings.progress)
     tmp = cached.with_name(cached.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save(tmp)

@@ -33,3 +33,26 @@ def test_the_model_cache_key_does_not_follow_the_cube_variable_order():
     key = _train_key(ds, {"recipe": "r"})
     assert _train_key(ds[["flux", "label_feh", "label_logg", "label_teff"]], {"recipe": "r"}) == key
     assert _train_key(ds.assign(label_feh=ds["label_feh"] + 0.1), {"recipe": "r"}) != key
+
+
+def test_the_demo_settings_threads_reach_the_training(tmp_path, monkeypatch):
+    """``DemoSettings.threads`` is the training's thread count (recorded in model.json), not a global pin."""
+    import numpy as np
+    import pytest
+    import xarray as xr
+
+    from gsn_dask import calibration, demo
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    seen = {}
+
+    def fake_training(train, recipe, **kw):
+        seen.update(kw)
+        raise RuntimeError("stop after the call")
+
+    monkeypatch.setattr(calibration, "train_and_calibrate", fake_training)
+    ds = xr.Dataset({"label_teff": ("star", [5000.0, 6000.0]), "flux": (("star", "wavelength"), np.ones((2, 3)))},
+                    coords={"star": ["a", "b"], "wavelength": [4000.0, 4001.0, 4002.0]})
+    with pytest.raises(RuntimeError, match="stop after the call"):
+        demo._model(ds, demo.DemoSettings(threads=1, progress=False))
+    assert seen["threads"] == 1
