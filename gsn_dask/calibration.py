@@ -34,6 +34,7 @@ Layer 5: imports the emulator and the fitter; the emulator modules never import 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -388,19 +389,24 @@ def train_and_calibrate(
     trains without the stars :func:`contradicted_labels` finds, with ``label_noise_share`` (by
     default ``auto``: Teff and [Fe/H] at 0.5 for a library of observed stars) on the labels of
     :func:`refined_labels`. Returns (model, report); the report's ``label_systematics``
-    is the record (None when skipped). Needs torch."""
+    is the record (None when skipped). ``threads`` (given) also caps the native BLAS/OpenMP pools
+    for the whole step: the out-of-fold fits that move the labels and set the floors run on numpy, and
+    their last bits, and so the final network, follow the BLAS thread count. Needs torch."""
+    from threadpoolctl import threadpool_limits
+
     from .emulator_torch import train_gsn
 
     recipe = (recipe or DEFAULT_RECIPE).replace(**overrides)
-    model, report = train_gsn(train_ds, recipe, device=device, threads=threads, progress=progress,
-                              screen=lambda cv, z_max: contradicted_labels(cv, z_max, progress=progress),
-                              relabel=lambda cv, share: refined_labels(cv, share, progress=progress))
-    report["label_systematics"] = None
-    if report["recipe"].label_systematics:
-        report["label_systematics"] = calibrate(model, report["cv_folds"], by=recipe.label_systematics_by,
-                                                split=recipe.label_systematics_split,
-                                                target=recipe.label_systematics_target,
-                                                split_rule=recipe.label_systematics_split_rule, progress=progress)
+    with threadpool_limits(limits=int(threads)) if threads else contextlib.nullcontext():
+        model, report = train_gsn(train_ds, recipe, device=device, threads=threads, progress=progress,
+                                  screen=lambda cv, z_max: contradicted_labels(cv, z_max, progress=progress),
+                                  relabel=lambda cv, share: refined_labels(cv, share, progress=progress))
+        report["label_systematics"] = None
+        if report["recipe"].label_systematics:
+            report["label_systematics"] = calibrate(model, report["cv_folds"], by=recipe.label_systematics_by,
+                                                    split=recipe.label_systematics_split,
+                                                    target=recipe.label_systematics_target,
+                                                    split_rule=recipe.label_systematics_split_rule, progress=progress)
     return model, report
 
 

@@ -494,3 +494,24 @@ def test_training_never_imports_the_fitter():
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_train_and_calibrate_threads_cap_the_blas_pools_of_the_whole_step(monkeypatch):
+    """The out-of-fold fits that move the labels and set the floors run on numpy: a given thread
+    count holds for their BLAS pools too (their last bits, and so the final network, follow it)."""
+    pytest.importorskip("torch")
+    from threadpoolctl import threadpool_info
+
+    import gsn_dask.emulator_torch as et
+    from gsn_dask import calibration
+
+    seen = {}
+
+    def fake_train_gsn(train_ds, recipe, **kw):
+        seen["pools"] = {p["num_threads"] for p in threadpool_info()}
+        raise RuntimeError("stop after the call")
+
+    monkeypatch.setattr(et, "train_gsn", fake_train_gsn)
+    with pytest.raises(RuntimeError, match="stop after the call"):
+        calibration.train_and_calibrate(None, threads=1)
+    assert seen["pools"] == {1}
